@@ -1,0 +1,107 @@
+//! Every command-line type in one place; the doc comments are the `--help` text.
+//!
+//! The default command is the export (the drop-in for Django's `manage.py export_events`);
+//! `generate` builds deterministic fixture databases. Parsing only: values are checked by the
+//! modules that own them (`since`, `settings`, `sink`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Export the IoT Hub's events (joined to their rules) to CSV, newest first.
+///
+/// Reads PostgreSQL through an embedded DuckDB, or a DuckDB database file. The CSV is
+/// byte-compatible with `python manage.py export_events`; the file appears atomically.
+#[derive(Debug, Parser)]
+#[command(
+    name = "export-events",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the rules and events tables and fill them with deterministic synthetic events.
+    Generate(GenerateArgs),
+}
+
+/// The export: the original command's flags plus where the rows come from.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Keep events with timestamp >= WHEN: an ISO 8601 date-time (2026-02-01T00:00:00Z; no
+    /// offset means UTC), a date (2026-02-01, midnight UTC) or an age (90m, 24h, 7d).
+    #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
+    pub since: Option<String>,
+
+    /// CSV file to write [default: exports/events_export.csv, folder created when missing].
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// No notices on stderr (the success line on stdout and errors still appear).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Where the rows come from; at most one of these. Without any, PostgreSQL settings are read
+/// from DATABASE_URL, DB_NAME/DB_USER/DB_PASSWORD/DB_HOST/DB_PORT (environment or ./.env),
+/// then libpq's PG* variables.
+#[derive(Debug, Args, Default)]
+#[group(multiple = false)]
+pub struct SourceArgs {
+    /// PostgreSQL connection: a postgres:// URL or a libpq "key=value" string.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Read the rules and events tables from this DuckDB database file instead.
+    #[arg(long, value_name = "FILE")]
+    pub duckdb: Option<PathBuf>,
+
+    /// Use the demo database (exports/demo.duckdb, generated on first use).
+    #[arg(long)]
+    pub demo: bool,
+}
+
+/// `generate`: fixture databases of any size.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of events (the first 15 are the awkward sample events).
+    #[arg(long, value_name = "N")]
+    pub rows: u64,
+
+    /// Seed of the pseudo-random values: the same seed gives the same rows.
+    #[arg(long, value_name = "S", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Number of rules (at least the 10 sample rules).
+    #[arg(long, value_name = "R", default_value_t = 300, value_parser = clap::value_parser!(u32).range(10..))]
+    pub rules: u32,
+
+    /// Drop and recreate the tables when they exist.
+    #[arg(long)]
+    pub replace: bool,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Where `generate` writes: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// PostgreSQL database to fill: a postgres:// URL or a libpq "key=value" string.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// DuckDB database file to fill (created when missing).
+    #[arg(long, value_name = "FILE")]
+    pub duckdb: Option<PathBuf>,
+}

@@ -1,0 +1,209 @@
+//! The embedded DuckDB: opens it, loads the `postgres` extension, and attaches the source as the
+//! catalog [`CATALOG`], so every query reads `src.events` / `src.rules` whatever the source is.
+//!
+//! PostgreSQL is attached read-only for exports; connection errors pass through
+//! [`PgConnection::redact`] so a password never reaches a message. Result rows leave the engine
+//! as a stream of Arrow record batches ([`Engine::for_each_batch`]), fetched lazily: memory does
+//! not grow with the number of rows.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use arrow::record_batch::RecordBatch;
+use duckdb::{Connection, ToSql};
+
+use crate::settings::PgConnection;
+
+/// The catalog name every source is attached under.
+pub const CATALOG: &str = "src";
+/// The DuckDB release the crate bundles, whose extension directory we use.
+pub const DUCKDB_VERSION: &str = "v1.5.5";
+/// The start of the panic message duckdb-rs raises when fetching a streamed batch fails.
+const FETCH_PANIC: &str = "Failed to fetch Arrow record batch";
+
+/// An in-memory DuckDB with the source attached.
+pub struct Engine {
+    conn: Connection,
+}
+
+/// How a source is attached.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Engine {
+    /// A fresh in-memory DuckDB with nothing attached.
+    pub fn new() -> Result<Self> {
+        let conn = Connection::open_in_memory().context("starting the embedded DuckDB")?;
+        Ok(Self { conn })
+    }
+
+    /// Attaches PostgreSQL as [`CATALOG`].
+    pub fn attach_postgres(self, pg: &PgConnection, access: Access) -> Result<Self> {
+        self.load_postgres_extension()?;
+        let read_only = if access == Access::ReadOnly {
+            ", READ_ONLY"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "ATTACH {} AS {CATALOG} (TYPE postgres{read_only})",
+            literal(pg.conninfo())
+        );
+        self.conn.execute_batch(&sql).map_err(|e| {
+            anyhow!(
+                "could not connect to PostgreSQL (settings from {}): {}",
+                pg.origin,
+                pg.redact(&e.to_string())
+            )
+        })?;
+        Ok(self)
+    }
+
+    /// Attaches a DuckDB database file as [`CATALOG`]; read-only access requires the file.
+    pub fn attach_duckdb(self, path: &Path, access: Access) -> Result<Self> {
+        if access == Access::ReadOnly && !path.is_file() {
+            bail!(crate::error::UsageError(format!(
+                "DuckDB file {} does not exist: pass an existing file to --duckdb, or use --demo",
+                path.display()
+            )));
+        }
+        let read_only = if access == Access::ReadOnly {
+            " (READ_ONLY)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "ATTACH {} AS {CATALOG}{read_only}",
+            literal(&path.to_string_lossy())
+        );
+        self.conn
+            .execute_batch(&sql)
+            .with_context(|| format!("opening DuckDB file {}", path.display()))?;
+        Ok(self)
+    }
+
+    /// The DuckDB connection, for statements that return no rows.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Checks that the attached source has the tables the export reads.
+    pub fn require_tables(&self, tables: &[&str], source: &str) -> Result<()> {
+        for table in tables {
+            if let Err(e) = self
+                .conn
+                .prepare(&format!("SELECT * FROM {CATALOG}.{table} LIMIT 0"))
+            {
+                bail!(
+                    "table {table} not found in {source} ({}): point export-events at the IoT \
+                     Hub's database (the one `manage.py migrate` created)",
+                    first_line(&e.to_string())
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` with `params` and hands each result batch to `each`, in order, as DuckDB
+    /// produces them. Returns the number of rows.
+    pub fn for_each_batch(
+        &self,
+        sql: &str,
+        params: &[&dyn ToSql],
+        mut each: impl FnMut(&RecordBatch) -> Result<()>,
+    ) -> Result<u64> {
+        let mut statement = self
+            .conn
+            .prepare(sql)
+            .context("preparing the export query")?;
+        let mut batches = statement
+            .stream_arrow(params)
+            .context("running the export query")?;
+        let mut rows = 0u64;
+        // duckdb-rs panics when fetching a later batch fails (a dropped connection, say):
+        // turn that into an error, and keep its panic message off stderr.
+        let _quiet = QuietFetchPanics::install();
+        loop {
+            let next = panic::catch_unwind(AssertUnwindSafe(|| batches.next()))
+                .map_err(|payload| anyhow!(panic_text(payload.as_ref())))
+                .context("reading the query result")?;
+            let Some(batch) = next else { return Ok(rows) };
+            each(&batch)?;
+            rows += batch.num_rows() as u64;
+        }
+    }
+
+    /// `LOAD postgres`, else `INSTALL` then `LOAD`, else an error saying how to install it.
+    fn load_postgres_extension(&self) -> Result<()> {
+        if self.conn.execute_batch("LOAD postgres").is_ok() {
+            return Ok(());
+        }
+        let Err(e) = self.conn.execute_batch("INSTALL postgres; LOAD postgres") else {
+            return Ok(());
+        };
+        let platform: String = self
+            .conn
+            .query_row("PRAGMA platform", [], |row| row.get(0))
+            .unwrap_or_else(|_| "linux_amd64".into());
+        bail!(
+            "DuckDB's postgres extension is not installed and could not be downloaded ({}): \
+             install it offline with `scripts/setup` from the export-events checkout, which copies \
+             postgres_scanner.duckdb_extension from the PyPI wheel \
+             duckdb-extension-postgres-scanner=={} into ~/.duckdb/extensions/{DUCKDB_VERSION}/{platform}/",
+            first_line(&e.to_string()),
+            &DUCKDB_VERSION[1..],
+        )
+    }
+}
+
+/// A SQL string literal: `'` doubled. For connection strings and paths, never for user values
+/// that belong in a query.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+/// The message of a panic, when it has one.
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload_text(payload).unwrap_or("the query failed");
+    text.strip_prefix(FETCH_PANIC)
+        .map_or(text, |rest| rest.trim_start_matches(": "))
+        .to_owned()
+}
+
+/// While alive, the panic hook stays silent for duckdb-rs's fetch panics (reported as errors
+/// instead) and prints every other panic as before.
+struct QuietFetchPanics;
+
+impl QuietFetchPanics {
+    fn install() -> Self {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !payload_text(info.payload()).is_some_and(|t| t.starts_with(FETCH_PANIC)) {
+                previous(info);
+            }
+        }));
+        Self
+    }
+}
+
+impl Drop for QuietFetchPanics {
+    fn drop(&mut self) {
+        // The default hook again; nothing else in the program installs one.
+        drop(panic::take_hook());
+    }
+}

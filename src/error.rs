@@ -1,0 +1,61 @@
+//! How failures leave the program: one line on stderr and an exit status a script can branch on.
+//!
+//! Errors travel as `anyhow::Error` with context added at each edge; the one type callers branch
+//! on is [`UsageError`] (bad flags or input: exit 2). Everything else is a runtime failure
+//! (connection, missing tables, I/O: exit 1).
+
+/// Bad usage or input: the user can fix it by changing the command line or its settings.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Exit status for a run that failed: 2 for bad usage or input, 1 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|cause| cause.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// The whole cause chain on one line (`context: cause: root cause`), with line breaks inside
+/// messages (DuckDB and libpq write several lines) folded to spaces.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+
+    #[test]
+    fn usage_errors_exit_2_anywhere_in_the_chain() {
+        let err = anyhow::Error::new(UsageError("bad".into())).context("reading flags");
+        assert_eq!(exit_code(&err), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("connection refused")), 1);
+    }
+
+    #[test]
+    fn chain_is_folded_onto_one_line_without_repeats() {
+        let err: anyhow::Result<()> = Err(anyhow::anyhow!("IO Error:\n  connection\trefused"));
+        let err = err.context("attaching PostgreSQL").unwrap_err();
+        assert_eq!(
+            one_line(&err),
+            "attaching PostgreSQL: IO Error: connection refused"
+        );
+        let repeated = anyhow::anyhow!("disk full").context("disk full");
+        assert_eq!(one_line(&repeated), "disk full");
+    }
+}

@@ -1,0 +1,24 @@
+//! export-events: the IoT Hub's `events` table (joined to `rules`) exported from PostgreSQL,
+//! through an embedded DuckDB, to the CSV the Django `export_events` command wrote.
+//!
+//! The pipeline, one module a step: [`cli`] parses, [`settings`] and [`since`] resolve what the
+//! user asked for, [`engine`] opens the source, [`query`] builds the SQL, [`sink`] writes the
+//! files atomically, [`export`] ties them together and reports. [`generate`] makes fixtures.
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod export;
+pub mod generate;
+pub mod query;
+pub mod settings;
+pub mod since;
+pub mod sink;
+
+/// Runs the command the user asked for.
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Some(cli::Command::Generate(args)) => generate::run(args),
+        None => export::run(&cli.export),
+    }
+}

@@ -1,0 +1,377 @@
+//! Where the rows come from: the first of `--database-url`, `DATABASE_URL`, the IoT Hub's own
+//! `DB_*` settings (environment or `./.env`, as its docker-compose sets them), libpq's `PG*`
+//! variables; or a DuckDB file / the demo database when asked for explicitly.
+//!
+//! Never falls back to the demo silently. Connection strings may hold a password: this module
+//! knows which text is secret and [`PgConnection::redact`] removes it from any message.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::cli::SourceArgs;
+use crate::error::UsageError;
+
+/// The resolved source of the export.
+#[derive(Debug)]
+pub enum Source {
+    Postgres(PgConnection),
+    DuckDbFile(PathBuf),
+    Demo,
+}
+
+/// A PostgreSQL connection string (URL or libpq `key=value`) and where it came from.
+#[derive(Debug)]
+pub struct PgConnection {
+    conninfo: String,
+    /// Which setting supplied it, for messages: `--database-url`, `DATABASE_URL`, ...
+    pub origin: &'static str,
+    secrets: Vec<String>,
+}
+
+const MASK: &str = "********";
+const DB_KEYS: [(&str, &str); 5] = [
+    ("DB_HOST", "host"),
+    ("DB_PORT", "port"),
+    ("DB_NAME", "dbname"),
+    ("DB_USER", "user"),
+    ("DB_PASSWORD", "password"),
+];
+/// libpq variables that say "a server is configured" (PGPASSWORD alone does not).
+const PG_KEYS: [&str; 6] = [
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGSERVICE",
+];
+
+impl PgConnection {
+    /// Parses a `--database-url`-style value; `origin` names the setting it came from.
+    pub fn new(conninfo: &str, origin: &'static str) -> Result<Self, UsageError> {
+        let is_url = conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://");
+        if !is_url && !conninfo.contains('=') {
+            return Err(UsageError(format!(
+                "{origin} is not a PostgreSQL connection string: expected a URL such as \
+                 postgres://user@host:5432/iot_hub or key=value pairs such as \
+                 \"host=localhost dbname=iot_hub user=postgres\""
+            )));
+        }
+        let secrets = if is_url {
+            url_password(conninfo).map_or_else(Vec::new, |p| vec![percent_decode(&p), p])
+        } else {
+            keyvalue_password(conninfo)
+        };
+        Ok(Self {
+            conninfo: conninfo.to_owned(),
+            origin,
+            secrets,
+        })
+    }
+
+    /// The string to hand to libpq. Holds the password: never print it, see [`Self::redact`].
+    pub fn conninfo(&self) -> &str {
+        &self.conninfo
+    }
+
+    /// `text` with every password this connection knows of masked.
+    pub fn redact(&self, text: &str) -> String {
+        let mut secrets: Vec<&String> = self.secrets.iter().filter(|s| !s.is_empty()).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.iter().fold(text.to_owned(), |acc, secret| {
+            acc.replace(secret.as_str(), MASK)
+        })
+    }
+}
+
+/// Environment variables, and the `.env` file of the working directory beneath them.
+#[derive(Debug, Default)]
+pub struct Env {
+    process: HashMap<String, String>,
+    dotenv: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment and `dir/.env` (when present).
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(".env");
+        let dotenv = match dotenvy::from_path_iter(&path) {
+            Ok(iter) => iter.collect::<Result<HashMap<_, _>, _>>().map_err(|e| {
+                UsageError(format!("{}: {e}; fix or remove that file", path.display()))
+            })?,
+            Err(e) if e.not_found() => HashMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Self {
+            process: std::env::vars().collect(),
+            dotenv,
+        })
+    }
+
+    /// Built from explicit maps (tests).
+    pub fn from_maps(process: HashMap<String, String>, dotenv: HashMap<String, String>) -> Self {
+        Self { process, dotenv }
+    }
+
+    /// A non-empty value, from the process environment first, then `.env`.
+    fn get(&self, key: &str) -> Option<&str> {
+        [&self.process, &self.dotenv]
+            .into_iter()
+            .find_map(|vars| vars.get(key).map(String::as_str).filter(|v| !v.is_empty()))
+    }
+}
+
+/// Picks the source for an export.
+pub fn resolve(args: &SourceArgs, env: &Env) -> Result<Source, UsageError> {
+    if let Some(file) = &args.duckdb {
+        return Ok(Source::DuckDbFile(file.clone()));
+    }
+    if args.demo {
+        return Ok(Source::Demo);
+    }
+    resolve_postgres(args.database_url.as_deref(), env).map(Source::Postgres)
+}
+
+/// The PostgreSQL connection from the flag, else the environment, in the documented order.
+pub fn resolve_postgres(flag: Option<&str>, env: &Env) -> Result<PgConnection, UsageError> {
+    if let Some(url) = flag {
+        return PgConnection::new(url, "--database-url");
+    }
+    if let Some(url) = env.get("DATABASE_URL") {
+        return PgConnection::new(url, "DATABASE_URL");
+    }
+    if DB_KEYS.iter().any(|(key, _)| env.get(key).is_some()) {
+        let pairs: Vec<String> = DB_KEYS
+            .iter()
+            .filter_map(|(key, word)| env.get(key).map(|v| format!("{word}={}", quote(v))))
+            .collect();
+        let mut conn = PgConnection::new(&pairs.join(" "), "DB_* settings")?;
+        conn.secrets
+            .extend(env.get("DB_PASSWORD").map(str::to_owned));
+        return Ok(conn);
+    }
+    if PG_KEYS.iter().any(|key| env.process.contains_key(*key)) {
+        // An empty string lets libpq read every PG* variable itself, PGPASSWORD included.
+        let mut conn = PgConnection {
+            conninfo: String::new(),
+            origin: "PG* variables",
+            secrets: vec![],
+        };
+        conn.secrets.extend(env.process.get("PGPASSWORD").cloned());
+        return Ok(conn);
+    }
+    Err(UsageError(
+        "no PostgreSQL connection configured: pass --database-url URL, or set DATABASE_URL, \
+         the IoT Hub's DB_NAME/DB_USER/DB_PASSWORD/DB_HOST/DB_PORT (environment or ./.env) or \
+         libpq's PG* variables; or run with --demo to try the built-in demo database"
+            .into(),
+    ))
+}
+
+/// A libpq `key=value` value: quoted, with `\` and `'` escaped.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The password of `postgres://user:password@host/...`, as written.
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo
+        .split_once(':')
+        .map(|(_, password)| password.to_owned())
+}
+
+/// The `password` value of a libpq `key=value` string (quoted or bare): unescaped and as written.
+fn keyvalue_password(conninfo: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = conninfo.trim_start();
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim();
+        let after = rest[eq + 1..].trim_start();
+        let (value, raw, next) = match after.strip_prefix('\'') {
+            Some(quoted) => {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let (mut raw_end, mut end) = (quoted.len(), quoted.len());
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                        '\'' => {
+                            (raw_end, end) = (i, i + 1);
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                (value, &quoted[..raw_end], &quoted[end..])
+            }
+            None => {
+                let end = after.find(char::is_whitespace).unwrap_or(after.len());
+                (after[..end].to_owned(), &after[..end], &after[end..])
+            }
+        };
+        if key == "password" {
+            found = vec![value, raw.to_owned()];
+        }
+        rest = next.trim_start();
+    }
+    found
+}
+
+/// `%XX` escapes of a URL part decoded (invalid escapes kept as written).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = text
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(process: &[(&str, &str)], dotenv: &[(&str, &str)]) -> Env {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Env::from_maps(map(process), map(dotenv))
+    }
+
+    fn pg(flag: Option<&str>, env: &Env) -> PgConnection {
+        resolve_postgres(flag, env).expect("resolves")
+    }
+
+    #[test]
+    fn flag_beats_database_url_beats_db_settings_beats_pg_variables() {
+        let all = env(
+            &[
+                ("DATABASE_URL", "postgres://u@env/db"),
+                ("DB_NAME", "hub"),
+                ("PGHOST", "pg"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            pg(Some("postgres://u@flag/db"), &all).origin,
+            "--database-url"
+        );
+        assert_eq!(pg(None, &all).conninfo(), "postgres://u@env/db");
+        let no_url = env(&[("DB_NAME", "hub"), ("PGHOST", "pg")], &[]);
+        assert_eq!(pg(None, &no_url).conninfo(), "dbname='hub'");
+        let only_pg = env(&[("PGHOST", "pg")], &[]);
+        let conn = pg(None, &only_pg);
+        assert_eq!((conn.conninfo(), conn.origin), ("", "PG* variables"));
+    }
+
+    #[test]
+    fn db_settings_come_from_environment_or_dotenv_and_are_quoted() {
+        let vars = env(
+            &[("DB_HOST", "db"), ("DB_PASSWORD", "it's\\secret")],
+            &[
+                ("DB_HOST", "ignored"),
+                ("DB_NAME", "iot hub"),
+                ("DB_USER", "hub"),
+                ("DB_PORT", "5433"),
+            ],
+        );
+        let conn = pg(None, &vars);
+        assert_eq!(conn.origin, "DB_* settings");
+        assert_eq!(
+            conn.conninfo(),
+            r"host='db' port='5433' dbname='iot hub' user='hub' password='it\'s\\secret'"
+        );
+        assert_eq!(
+            conn.redact("failed for it's\\secret"),
+            "failed for ********"
+        );
+        let from_dotenv = env(&[], &[("DATABASE_URL", "postgres://x@y/z")]);
+        assert_eq!(pg(None, &from_dotenv).origin, "DATABASE_URL");
+    }
+
+    #[test]
+    fn nothing_configured_names_every_option_and_the_demo() {
+        let err = resolve(&SourceArgs::default(), &env(&[("PGPASSWORD", "x")], &[])).unwrap_err();
+        for word in ["--database-url", "DATABASE_URL", "DB_NAME", "PG*", "--demo"] {
+            assert!(err.0.contains(word), "{word} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn explicit_embedded_sources_win() {
+        let args = SourceArgs {
+            demo: true,
+            ..SourceArgs::default()
+        };
+        assert!(matches!(
+            resolve(&args, &env(&[("DATABASE_URL", "a=b")], &[])),
+            Ok(Source::Demo)
+        ));
+        let args = SourceArgs {
+            duckdb: Some("x.duckdb".into()),
+            ..SourceArgs::default()
+        };
+        assert!(matches!(
+            resolve(&args, &Env::default()),
+            Ok(Source::DuckDbFile(_))
+        ));
+    }
+
+    #[test]
+    fn passwords_are_found_in_urls_and_keyvalue_strings() {
+        let url = pg(
+            Some("postgres://hub:p%40ss:w@db.example:5432/iot?sslmode=require"),
+            &Env::default(),
+        );
+        assert_eq!(
+            url.redact("at hub:p%40ss:w@db and p@ss:w"),
+            "at hub:********@db and ********"
+        );
+        let kv = pg(Some("host=db password='a b\\'c' user=hub"), &Env::default());
+        assert_eq!(
+            kv.redact("password='a b\\'c' / a b'c"),
+            "password='********' / ********"
+        );
+        let bare = pg(Some("host=db password=hunter2"), &Env::default());
+        assert_eq!(bare.redact("password=hunter2"), "password=********");
+        let none = pg(Some("postgres://hub@db/iot"), &Env::default());
+        assert_eq!(
+            none.redact("postgres://hub@db/iot"),
+            "postgres://hub@db/iot"
+        );
+        let pgvars = pg(
+            None,
+            &env(&[("PGUSER", "u"), ("PGPASSWORD", "s3cret")], &[]),
+        );
+        assert_eq!(pgvars.redact("s3cret"), "********");
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_connection_string() {
+        let err = resolve_postgres(Some("localhost"), &Env::default()).unwrap_err();
+        assert!(err
+            .0
+            .starts_with("--database-url is not a PostgreSQL connection string"));
+    }
+}

@@ -1,0 +1,230 @@
+//! Output files that appear whole or not at all.
+//!
+//! An [`AtomicFile`] is written beside its target under a hidden temporary name, fsynced, and
+//! renamed over the target only when complete; dropping it unfinished removes the temporary file.
+//! SIGINT/SIGTERM remove every pending temporary file before the process exits, so an interrupted
+//! run leaves the previous output as it was and nothing beside it.
+
+pub mod csv;
+pub mod text;
+
+use std::fs::{File, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, Once};
+
+use anyhow::{Context as _, Result};
+use tempfile::NamedTempFile;
+
+use crate::error::UsageError;
+
+/// Temporary files not yet renamed into place, removed on SIGINT/SIGTERM.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Exit status after SIGINT/SIGTERM (128 + SIGINT, what shells report for Ctrl-C).
+const INTERRUPTED: i32 = 130;
+
+/// Makes SIGINT and SIGTERM remove pending temporary files, then exit with status 130.
+pub fn remove_partial_files_on_signal() -> Result<()> {
+    static INSTALL: Once = Once::new();
+    let mut outcome = Ok(());
+    INSTALL.call_once(|| {
+        outcome = ctrlc::set_handler(|| {
+            let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+            for path in pending.iter() {
+                let _ = std::fs::remove_file(path);
+            }
+            eprintln!("error: interrupted; no output file was changed");
+            std::process::exit(INTERRUPTED);
+        });
+    });
+    outcome.context("installing the SIGINT/SIGTERM handler")
+}
+
+/// Where an output goes: an absolute path whose folder exists (or is ours to create).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub path: PathBuf,
+    create_folder: bool,
+}
+
+impl Target {
+    /// `--output PATH` (its folder must exist), or `default` under `cwd` (folder created on write).
+    pub fn resolve(output: Option<&Path>, default: &str, cwd: &Path) -> Result<Self, UsageError> {
+        let Some(output) = output else {
+            return Ok(Self {
+                path: normalize(&cwd.join(default)),
+                create_folder: true,
+            });
+        };
+        let path = normalize(&cwd.join(output));
+        if path.is_dir() {
+            return Err(UsageError(format!(
+                "--output {} is a folder: give a file path, such as {}",
+                output.display(),
+                Path::new(output).join("events_export.csv").display()
+            )));
+        }
+        let folder = path.parent().unwrap_or(Path::new("/"));
+        if !folder.is_dir() {
+            return Err(UsageError(format!(
+                "--output {}: folder {} does not exist; create it first or choose another path",
+                output.display(),
+                folder.display()
+            )));
+        }
+        Ok(Self {
+            path,
+            create_folder: false,
+        })
+    }
+}
+
+/// A file being written under a temporary name beside its target.
+pub struct AtomicFile {
+    temp: NamedTempFile,
+    target: PathBuf,
+    _pending: Pending,
+}
+
+/// Registers a temporary file for removal on a signal while it lives (fields drop in order, so
+/// an unfinished [`AtomicFile`] removes its file first, then leaves the registry).
+struct Pending(PathBuf);
+
+impl Pending {
+    fn register(path: &Path) -> Self {
+        lock_pending().push(path.to_owned());
+        Self(path.to_owned())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock_pending().retain(|p| p != &self.0);
+    }
+}
+
+impl AtomicFile {
+    /// Starts writing `target`; nothing at `target` changes until [`Self::commit`].
+    pub fn create(target: &Target) -> Result<Self> {
+        let folder = target.path.parent().unwrap_or(Path::new("/"));
+        if target.create_folder {
+            std::fs::create_dir_all(folder)
+                .with_context(|| format!("creating folder {}", folder.display()))?;
+        }
+        let name = target
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        // A new file gets the permissions Python's open() gave (0666 less the umask); a replaced
+        // one keeps its own.
+        let permissions = std::fs::metadata(&target.path)
+            .map(|m| m.permissions())
+            .unwrap_or_else(|_| Permissions::from_mode(0o666));
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(permissions)
+            .tempfile_in(folder)
+            .with_context(|| format!("creating a file in {}", folder.display()))?;
+        let pending = Pending::register(temp.path());
+        Ok(Self {
+            temp,
+            target: target.path.clone(),
+            _pending: pending,
+        })
+    }
+
+    /// Flushes to disk and renames over the target.
+    pub fn commit(self) -> Result<()> {
+        let Self {
+            mut temp,
+            target,
+            _pending,
+        } = self;
+        temp.flush()
+            .and_then(|()| temp.as_file().sync_all())
+            .with_context(|| format!("writing {}", target.display()))?;
+        temp.persist(&target)
+            .map_err(|e| e.error)
+            .with_context(|| format!("moving the finished file to {}", target.display()))?;
+        if let Some(folder) = target.parent() {
+            // The rename is durable once the folder is synced (best effort where unsupported).
+            let _ = File::open(folder).and_then(|f| f.sync_all());
+        }
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.temp.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.temp.flush()
+    }
+}
+
+fn lock_pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `path` without `.` and `..` components (as Python's `os.path.abspath`), symlinks untouched.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_target_is_under_the_working_directory() {
+        let target =
+            Target::resolve(None, "exports/events_export.csv", Path::new("/w/./x/..")).unwrap();
+        assert_eq!(target.path, Path::new("/w/exports/events_export.csv"));
+        assert!(target.create_folder);
+    }
+
+    #[test]
+    fn custom_target_needs_an_existing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Target::resolve(Some(Path::new("out.csv")), "d.csv", dir.path()).unwrap();
+        assert_eq!(ok.path, dir.path().join("out.csv"));
+        let err =
+            Target::resolve(Some(Path::new("missing/out.csv")), "d.csv", dir.path()).unwrap_err();
+        assert!(err.0.contains("does not exist"), "{err}");
+        let err = Target::resolve(Some(Path::new(".")), "d.csv", dir.path()).unwrap_err();
+        assert!(err.0.contains("is a folder"), "{err}");
+    }
+
+    #[test]
+    fn nothing_appears_until_commit_and_an_abandoned_file_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::resolve(Some(Path::new("a.csv")), "d.csv", dir.path()).unwrap();
+        std::fs::write(&target.path, "old").unwrap();
+        let mut file = AtomicFile::create(&target).unwrap();
+        file.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&target.path).unwrap(), "old");
+        drop(file);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mut file = AtomicFile::create(&target).unwrap();
+        file.write_all(b"new").unwrap();
+        file.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&target.path).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(lock_pending().is_empty());
+    }
+}
