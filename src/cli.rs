@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Export the IoT Hub's events (joined to their rules) to CSV, newest first.
 ///
@@ -39,16 +39,42 @@ pub struct ExportArgs {
     #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
     pub since: Option<String>,
 
-    /// CSV file to write [default: exports/events_export.csv, folder created when missing].
+    /// File to write [default: exports/events_export.csv, or .parquet; folder created when
+    /// missing]. With --format both, the Parquet file goes beside it with the same stem.
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,
+
+    /// What to write: the compatible CSV, typed Parquet, or both from one read of the source.
+    #[arg(long, value_enum, default_value_t = Format::Csv)]
+    pub format: Format,
+
+    /// Parquet compression.
+    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    pub compression: Compression,
 
     #[command(flatten)]
     pub source: SourceArgs,
 
-    /// No notices on stderr (the success line on stdout and errors still appear).
+    /// No progress bar or notices on stderr (the success line and errors still appear).
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// Output formats of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Csv,
+    Parquet,
+    Both,
+}
+
+/// Parquet compression codecs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    Zstd,
+    Snappy,
+    Gzip,
+    None,
 }
 
 /// Where the rows come from; at most one of these. Without any, PostgreSQL settings are read

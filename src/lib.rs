@@ -3,13 +3,14 @@
 //!
 //! The pipeline, one module a step: [`cli`] parses, [`settings`] and [`since`] resolve what the
 //! user asked for, [`engine`] opens the source, [`query`] builds the SQL, [`sink`] writes the
-//! files atomically, [`export`] ties them together and reports. [`generate`] makes fixtures.
+//! files atomically, [`progress`] shows how far it got, [`export`] ties them together and reports. [`generate`] makes fixtures.
 
 pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod export;
 pub mod generate;
+pub mod progress;
 pub mod query;
 pub mod settings;
 pub mod since;

@@ -1,13 +1,16 @@
 //! The export query: events joined to their rule, since-filtered, newest first (ties by id,
-//! highest first), with explicit column types so every source yields the same Arrow schema.
+//! highest first), with explicit column types so every source yields the same Arrow schema; and
+//! the query that sizes the progress bar.
 //!
-//! The since instant is validated by `since` and formatted here from a `DateTime`, so no text
-//! the user typed reaches SQL; as a constant it is pushed down to PostgreSQL's scan, where the
-//! timestamp index can serve it.
+//! From PostgreSQL the whole query (join, filter, order) runs in PostgreSQL through
+//! `postgres_query`, so rows stream back already in order: memory stays flat whatever the table
+//! size (DuckDB's own sort would hold every row), and progress moves from the first row. The
+//! since instant is validated by `since` and formatted here from a `DateTime`, so no text the
+//! user typed reaches SQL; as a constant it lets PostgreSQL use the timestamp index.
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::CATALOG;
+use crate::engine::{literal, CATALOG};
 
 /// The CSV header and the result columns, in order.
 pub const COLUMNS: [&str; 6] = [
@@ -19,22 +22,76 @@ pub const COLUMNS: [&str; 6] = [
     "trigger_device_id",
 ];
 
-/// The SQL of one export.
-pub fn events(since: Option<DateTime<Utc>>) -> String {
-    let filter = since.map_or(String::new(), |t| {
-        format!(
-            "\nWHERE e.\"timestamp\" >= TIMESTAMPTZ '{}'",
-            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
-        )
-    });
-    format!(
+/// Where the query runs: the SQL below is valid in both dialects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// A DuckDB file attached as the catalog.
+    DuckDb,
+    /// PostgreSQL, the query passed through whole.
+    Postgres,
+}
+
+/// The SQL of one export, run by DuckDB.
+pub fn events(since: Option<DateTime<Utc>>, dialect: Dialect) -> String {
+    let sql = format!(
         "SELECT e.id::BIGINT AS id, e.\"timestamp\"::TIMESTAMPTZ AS \"timestamp\", \
          r.name::VARCHAR AS rule, e.acknowledged::BOOLEAN AS acknowledged, \
          e.trigger_telemetry_id::BIGINT AS trigger_telemetry_id, \
          e.trigger_device_id::BIGINT AS trigger_device_id\n\
-         FROM {CATALOG}.events AS e JOIN {CATALOG}.rules AS r ON r.id = e.rule_id{filter}\n\
-         ORDER BY e.\"timestamp\" DESC, e.id DESC"
-    )
+         FROM {events} AS e JOIN {rules} AS r ON r.id = e.rule_id{filter}\n\
+         ORDER BY e.\"timestamp\" DESC, e.id DESC",
+        events = table(dialect, "events"),
+        rules = table(dialect, "rules"),
+        filter = filter(since),
+    );
+    passed_through(sql, dialect)
+}
+
+/// The number of events the export will write, exact (`true`) or estimated (`false`).
+///
+/// Exact with a since filter (PostgreSQL counts on the timestamp index) or from a DuckDB file;
+/// PostgreSQL's statistics for the whole table, which would otherwise cost a full scan.
+pub fn total(since: Option<DateTime<Utc>>, dialect: Dialect) -> (String, bool) {
+    let count = format!(
+        "SELECT count(*) FROM {} AS e{}",
+        table(dialect, "events"),
+        filter(since)
+    );
+    if since.is_some() || dialect == Dialect::DuckDb {
+        return (passed_through(count, dialect), true);
+    }
+    // reltuples is -1 for a table never analyzed: then count after all.
+    let estimate = format!(
+        "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint ELSE ({count}) END \
+         FROM pg_class WHERE oid = 'events'::regclass"
+    );
+    (passed_through(estimate, dialect), false)
+}
+
+fn table(dialect: Dialect, name: &str) -> String {
+    match dialect {
+        Dialect::DuckDb => format!("{CATALOG}.{name}"),
+        Dialect::Postgres => name.to_owned(),
+    }
+}
+
+fn filter(since: Option<DateTime<Utc>>) -> String {
+    since.map_or(String::new(), |t| {
+        format!(
+            "\nWHERE e.\"timestamp\" >= TIMESTAMPTZ '{}'",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
+        )
+    })
+}
+
+fn passed_through(sql: String, dialect: Dialect) -> String {
+    match dialect {
+        Dialect::DuckDb => sql,
+        Dialect::Postgres => format!(
+            "SELECT * FROM postgres_query('{CATALOG}', {})",
+            literal(&sql)
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -44,7 +101,7 @@ mod tests {
 
     #[test]
     fn without_since_reads_everything_newest_first() {
-        let sql = events(None);
+        let sql = events(None, Dialect::DuckDb);
         assert!(!sql.contains("WHERE"));
         assert!(sql.ends_with("ORDER BY e.\"timestamp\" DESC, e.id DESC"));
         assert!(sql.contains("FROM src.events AS e JOIN src.rules AS r ON r.id = e.rule_id"));
@@ -53,9 +110,38 @@ mod tests {
     #[test]
     fn since_is_a_utc_constant_with_microseconds() {
         let since = Utc.timestamp_micros(1_769_904_000_000_001).unwrap();
-        assert!(events(Some(since))
+        assert!(events(Some(since), Dialect::DuckDb)
             .contains("WHERE e.\"timestamp\" >= TIMESTAMPTZ '2026-02-01 00:00:00.000001+00'"));
         let early = Utc.with_ymd_and_hms(999, 6, 15, 0, 0, 0).unwrap();
-        assert!(events(Some(early)).contains("TIMESTAMPTZ '0999-06-15 00:00:00.000000+00'"));
+        assert!(events(Some(early), Dialect::DuckDb)
+            .contains("TIMESTAMPTZ '0999-06-15 00:00:00.000000+00'"));
+    }
+
+    #[test]
+    fn postgres_runs_the_whole_query_with_quotes_doubled() {
+        let since = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+        let sql = events(Some(since), Dialect::Postgres);
+        assert!(
+            sql.starts_with("SELECT * FROM postgres_query('src', 'SELECT e.id::BIGINT"),
+            "{sql}"
+        );
+        assert!(sql.contains("FROM events AS e JOIN rules AS r"), "{sql}");
+        assert!(
+            sql.contains(">= TIMESTAMPTZ ''2026-02-01 00:00:00.000000+00''"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("e.id DESC')"), "{sql}");
+    }
+
+    #[test]
+    fn totals_are_exact_where_cheap_and_estimated_for_whole_postgres_tables() {
+        let since = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+        assert_eq!(
+            total(None, Dialect::DuckDb),
+            ("SELECT count(*) FROM src.events AS e".into(), true)
+        );
+        assert!(total(Some(since), Dialect::Postgres).1);
+        let (sql, exact) = total(None, Dialect::Postgres);
+        assert!(!exact && sql.contains("reltuples"), "{sql}");
     }
 }

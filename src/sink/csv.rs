@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 
 use super::text::{boolean, push_timestamp};
-use super::{AtomicFile, Target};
+use super::{AtomicFile, Sink, Target};
 use crate::query::COLUMNS;
 
 /// Buffer size between the encoder and the file.
@@ -86,6 +86,24 @@ impl CsvSink {
             }
         }
         w.write_record(None::<&[u8]>)
+    }
+}
+
+impl Sink for CsvSink {
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let columns = Columns::of(batch)?;
+        for row in 0..batch.num_rows() {
+            self.write_row(&columns, row)
+                .with_context(|| format!("writing {}", self.target.path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn close(self: Box<Self>) -> Result<AtomicFile> {
+        let path = self.target.path.display();
+        let buffered = self.writer.into_inner().map_err(|e| e.into_error());
+        let file = buffered.and_then(|b| b.into_inner().map_err(|e| e.into_error()));
+        file.with_context(|| format!("writing {path}"))
     }
 }
 

@@ -1,12 +1,16 @@
-//! Output files that appear whole or not at all.
+//! Output files that appear whole or not at all, and the [`Sink`] each format implements.
 //!
 //! An [`AtomicFile`] is written beside its target under a hidden temporary name, fsynced, and
 //! renamed over the target only when complete; dropping it unfinished removes the temporary file.
+//! [`commit_all`] puts several files in place together (CSV and Parquet: both or neither).
 //! SIGINT/SIGTERM remove every pending temporary file before the process exits, so an interrupted
 //! run leaves the previous output as it was and nothing beside it.
 
 pub mod csv;
+pub mod parquet;
 pub mod text;
+
+use arrow::record_batch::RecordBatch;
 
 use std::fs::{File, Permissions};
 use std::io::{self, Write};
@@ -81,6 +85,24 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The file beside this one with the same stem and extension `ext` (`--format both`).
+    pub fn sibling(&self, ext: &str) -> Result<Self, UsageError> {
+        let path = self.path.with_extension(ext);
+        if path == self.path {
+            return Err(UsageError(format!(
+                "--output {} would be written twice: with --format both it names the CSV file \
+                 (the .{ext} file goes beside it)",
+                self.path.display()
+            )));
+        }
+        Ok(Self {
+            path,
+            create_folder: self.create_folder,
+        })
+    }
+}
+
 /// A file being written under a temporary name beside its target.
 pub struct AtomicFile {
     temp: NamedTempFile,
@@ -139,23 +161,85 @@ impl AtomicFile {
 
     /// Flushes to disk and renames over the target.
     pub fn commit(self) -> Result<()> {
-        let Self {
-            mut temp,
-            target,
-            _pending,
-        } = self;
-        temp.flush()
-            .and_then(|()| temp.as_file().sync_all())
-            .with_context(|| format!("writing {}", target.display()))?;
-        temp.persist(&target)
-            .map_err(|e| e.error)
-            .with_context(|| format!("moving the finished file to {}", target.display()))?;
-        if let Some(folder) = target.parent() {
-            // The rename is durable once the folder is synced (best effort where unsupported).
-            let _ = File::open(folder).and_then(|f| f.sync_all());
-        }
-        Ok(())
+        commit_all(vec![self])
     }
+
+    fn sync(&mut self) -> Result<()> {
+        self.temp
+            .flush()
+            .and_then(|()| self.temp.as_file().sync_all())
+            .with_context(|| format!("writing {}", self.target.display()))
+    }
+}
+
+/// Syncs every file, then renames each over its target; when a rename fails, the targets
+/// already replaced get their previous contents back, so either all change or none does.
+pub fn commit_all(mut files: Vec<AtomicFile>) -> Result<()> {
+    for file in &mut files {
+        file.sync()?;
+    }
+    let previous = files
+        .iter()
+        .map(|f| Previous::keep(&f.target))
+        .collect::<Result<Vec<_>>>()?;
+    for (done, file) in files.into_iter().enumerate() {
+        let target = file.target.clone();
+        if let Err(e) = file.temp.persist(&target) {
+            previous[..done].iter().for_each(Previous::restore);
+            return Err(e.error)
+                .with_context(|| format!("moving the finished file to {}", target.display()));
+        }
+    }
+    for folder in previous.iter().filter_map(|p| p.target.parent()) {
+        // A rename is durable once its folder is synced (best effort where unsupported).
+        let _ = File::open(folder).and_then(|f| f.sync_all());
+    }
+    Ok(())
+}
+
+/// The file a commit is about to replace, kept (as a hard link) until the commit succeeds.
+struct Previous {
+    target: PathBuf,
+    kept: Option<(tempfile::TempPath, Pending)>,
+}
+
+impl Previous {
+    fn keep(target: &Path) -> Result<Self> {
+        let kept = if target.is_file() {
+            let folder = target.parent().unwrap_or(Path::new("/"));
+            let link = tempfile::Builder::new()
+                .prefix(".previous.")
+                .make_in(folder, |p| std::fs::hard_link(target, p))
+                .with_context(|| {
+                    format!(
+                        "keeping {} until the new file is in place",
+                        target.display()
+                    )
+                })?;
+            let pending = Pending::register(link.path());
+            Some((link.into_temp_path(), pending))
+        } else {
+            None
+        };
+        Ok(Self {
+            target: target.to_owned(),
+            kept,
+        })
+    }
+
+    fn restore(&self) {
+        let _ = match &self.kept {
+            Some((kept, _)) => std::fs::rename(kept, &self.target),
+            None => std::fs::remove_file(&self.target),
+        };
+    }
+}
+
+/// An output format: takes the export's batches in order, then hands back its finished file.
+pub trait Sink {
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()>;
+    /// Finishes the encoding; the file is complete but not yet in place.
+    fn close(self: Box<Self>) -> Result<AtomicFile>;
 }
 
 impl Write for AtomicFile {

@@ -208,3 +208,41 @@ pub fn files_in(dir: &Path) -> Vec<String> {
 pub fn exported(rows: usize, path: &Path) -> String {
     format!("Exported {rows} events to {}\n", path.display())
 }
+
+/// Every event of `db` as PostgreSQL itself reports it, in export order:
+/// `(id, epoch microseconds, rule, acknowledged, telemetry id, device id)`.
+pub type EventRow = (i64, i64, String, bool, Option<i64>, Option<i64>);
+
+pub fn events_in_postgres(db: &TestDb, since: Option<&str>) -> Vec<EventRow> {
+    let filter = since.map_or(String::new(), |s| format!("WHERE e.\"timestamp\" >= '{s}'"));
+    let sql = format!(
+        "SELECT coalesce(json_agg(json_build_array(e.id::text, \
+         (extract(epoch FROM e.\"timestamp\") * 1000000)::bigint::text, r.name, e.acknowledged, \
+         e.trigger_telemetry_id::text, e.trigger_device_id::text) \
+         ORDER BY e.\"timestamp\" DESC, e.id DESC), '[]') \
+         FROM events e JOIN rules r ON r.id = e.rule_id {filter}"
+    );
+    let out = Command::new("psql")
+        .args(["-X", "-qAt", "-d", &db.url(), "-c", &sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let int = |v: &serde_json::Value| v.as_str().map(|s| s.parse::<i64>().unwrap());
+    rows.iter()
+        .map(|r| {
+            (
+                int(&r[0]).unwrap(),
+                int(&r[1]).unwrap(),
+                r[2].as_str().unwrap().to_owned(),
+                r[3].as_bool().unwrap(),
+                int(&r[4]),
+                int(&r[5]),
+            )
+        })
+        .collect()
+}
