@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrow::record_batch::RecordBatch;
-use duckdb::{Connection, ToSql};
+use duckdb::Connection;
 
 use crate::settings::PgConnection;
 
@@ -132,12 +132,11 @@ impl Engine {
         Ok(n.max(0) as u64)
     }
 
-    /// Runs `sql` with `params` and hands each result batch to `each`, in order, as DuckDB
+    /// Runs `sql` and hands each result batch to `each`, in order, as DuckDB
     /// produces them. Returns the number of rows.
     pub fn for_each_batch(
         &self,
         sql: &str,
-        params: &[&dyn ToSql],
         mut each: impl FnMut(&RecordBatch) -> Result<()>,
     ) -> Result<u64> {
         let mut statement = self
@@ -145,7 +144,7 @@ impl Engine {
             .prepare(sql)
             .context("preparing the export query")?;
         let mut batches = statement
-            .stream_arrow(params)
+            .stream_arrow([])
             .context("running the export query")?;
         let mut rows = 0u64;
         // duckdb-rs panics when fetching a later batch fails (a dropped connection, say):

@@ -57,7 +57,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let rows = engine.for_each_batch(&query::events(since, dialect), &[], |batch| {
+    let rows = engine.for_each_batch(&query::events(since, dialect), |batch| {
         for sink in &mut sinks {
             sink.write_batch(batch)?;
         }

@@ -41,30 +41,6 @@ impl CsvSink {
         })
     }
 
-    /// Appends the rows of one batch of the export query.
-    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        let columns = Columns::of(batch)?;
-        for row in 0..batch.num_rows() {
-            self.write_row(&columns, row)
-                .with_context(|| format!("writing {}", self.target.path.display()))?;
-        }
-        Ok(())
-    }
-
-    /// Flushes, syncs and renames the file into place.
-    pub fn finish(self) -> Result<()> {
-        let path = self.target.path.display();
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {path}"))?;
-        file.into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {path}"))?
-            .commit()
-    }
-
     fn write_row(&mut self, c: &Columns, row: usize) -> csv::Result<()> {
         let mut ints = itoa::Buffer::new();
         let w = &mut self.writer;

@@ -159,11 +159,6 @@ impl AtomicFile {
         })
     }
 
-    /// Flushes to disk and renames over the target.
-    pub fn commit(self) -> Result<()> {
-        commit_all(vec![self])
-    }
-
     fn sync(&mut self) -> Result<()> {
         self.temp
             .flush()
@@ -306,7 +301,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         let mut file = AtomicFile::create(&target).unwrap();
         file.write_all(b"new").unwrap();
-        file.commit().unwrap();
+        commit_all(vec![file]).unwrap();
         assert_eq!(std::fs::read_to_string(&target.path).unwrap(), "new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(lock_pending().is_empty());
