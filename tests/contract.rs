@@ -118,3 +118,32 @@ fn help_documents_the_original_flags() {
         );
     }
 }
+
+#[test]
+fn bytes_do_not_depend_on_time_zone_settings() {
+    let db = TestDb::sample("contract_tz");
+    let dir = scratch();
+    let made = Run::of(
+        export_events(dir.path()).args(["generate", "--rows", "15", "--duckdb", "s.duckdb"]),
+    );
+    made.success();
+    let url = db.url();
+    for (tz, pgtz) in [
+        ("Asia/Kolkata", "America/St_Johns"),
+        ("America/Los_Angeles", "Pacific/Chatham"),
+    ] {
+        for source in [["--database-url", url.as_str()], ["--duckdb", "s.duckdb"]] {
+            let mut cmd = export_events(dir.path());
+            cmd.env("TZ", tz)
+                .env("PGTZ", pgtz)
+                .args(source)
+                .args(["-o", "tz.csv"]);
+            Run::of(&mut cmd).success();
+            let written = std::fs::read(dir.path().join("tz.csv")).unwrap();
+            assert!(
+                written == compat_bytes("expected_all.csv"),
+                "TZ={tz} PGTZ={pgtz} {source:?}"
+            );
+        }
+    }
+}
