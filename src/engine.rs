@@ -112,10 +112,7 @@ impl Engine {
     /// Checks that the attached source has the tables the export reads.
     pub fn require_tables(&self, tables: &[&str], source: &str) -> Result<()> {
         for table in tables {
-            if let Err(e) = self
-                .conn
-                .prepare(&format!("SELECT * FROM {CATALOG}.{table} LIMIT 0"))
-            {
+            if let Some(e) = self.table_error(table) {
                 bail!(
                     "table {table} not found in {source} ({}): point export-events at the IoT \
                      Hub's database (the one `manage.py migrate` created)",
@@ -124,6 +121,18 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Whether the attached source has `table`.
+    pub fn has_table(&self, table: &str) -> bool {
+        self.table_error(table).is_none()
+    }
+
+    /// Why `table` cannot be read from the attached source, if it cannot.
+    fn table_error(&self, table: &str) -> Option<duckdb::Error> {
+        self.conn
+            .prepare(&format!("SELECT * FROM {CATALOG}.{table} LIMIT 0"))
+            .err()
     }
 
     /// The single number `sql` returns (a count).

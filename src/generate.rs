@@ -110,13 +110,9 @@ pub fn into_postgres(engine: &Engine, plan: Plan, replace: bool) -> Result<()> {
 
 /// Refuses to overwrite tables unless asked to; drops them when asked to.
 fn prepare_target(engine: &Engine, replace: bool, target: &str) -> Result<()> {
-    let conn = engine.connection();
     let existing: Vec<&str> = ["events", "rules"]
         .into_iter()
-        .filter(|t| {
-            conn.prepare(&format!("SELECT * FROM {CATALOG}.{t} LIMIT 0"))
-                .is_ok()
-        })
+        .filter(|t| engine.has_table(t))
         .collect();
     if existing.is_empty() {
         return Ok(());
