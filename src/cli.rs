@@ -40,7 +40,9 @@ pub struct ExportArgs {
     pub since: Option<String>,
 
     /// File to write [default: exports/events_export.csv, or .parquet; folder created when
-    /// missing]. With --format both, the Parquet file goes beside it with the same stem.
+    /// missing]. With --format both, the Parquet file goes beside it with the same stem. With
+    /// --incremental, a template where {time} becomes the run's UTC time [default:
+    /// exports/events_{time}.csv].
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
@@ -54,6 +56,24 @@ pub struct ExportArgs {
 
     #[command(flatten)]
     pub source: SourceArgs,
+
+    /// Write only the events inserted or changed since the last successful --incremental run
+    /// (all events, or those from --since, the first time), each change exactly once; a new
+    /// file per run. PostgreSQL only.
+    #[arg(long)]
+    pub incremental: bool,
+
+    /// Where --incremental keeps its cursor [default: exports/.export-events-state.json].
+    #[arg(long, value_name = "FILE", requires = "incremental")]
+    pub state: Option<PathBuf>,
+
+    /// With --incremental: write a file (header only) even when nothing changed.
+    #[arg(long, requires = "incremental")]
+    pub write_empty: bool,
+
+    /// With --incremental: forget the state and export everything again.
+    #[arg(long, requires = "incremental")]
+    pub reset_state: bool,
 
     /// No progress bar or notices on stderr (the success line and errors still appear).
     #[arg(long, short)]
@@ -114,6 +134,10 @@ pub struct GenerateArgs {
     /// Drop and recreate the tables when they exist.
     #[arg(long)]
     pub replace: bool,
+
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
 
     #[command(flatten)]
     pub target: TargetArgs,

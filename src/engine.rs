@@ -11,14 +11,13 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrow::record_batch::RecordBatch;
-use duckdb::Connection;
+use duckdb::{Config, Connection};
 
+use crate::extension;
 use crate::settings::PgConnection;
 
 /// The catalog name every source is attached under.
 pub const CATALOG: &str = "src";
-/// The DuckDB release the crate bundles, whose extension directory we use.
-pub const DUCKDB_VERSION: &str = "v1.5.5";
 /// DuckDB's memory during an export (measured: a DuckDB-file export peaks at 164 MB for 1M
 /// events and 186 MB for 10M; below ~128 MB a 10M-row sort runs out).
 const EXPORT_MEMORY_LIMIT: &str = "128MB";
@@ -59,9 +58,25 @@ impl Engine {
         Ok(self)
     }
 
-    /// Attaches PostgreSQL as [`CATALOG`].
-    pub fn attach_postgres(self, pg: &PgConnection, access: Access) -> Result<Self> {
-        self.load_postgres_extension()?;
+    /// A fresh in-memory DuckDB with the postgres extension loaded and PostgreSQL attached as
+    /// [`CATALOG`].
+    pub fn postgres(pg: &PgConnection, access: Access) -> Result<Self> {
+        let verified = extension::default_path().filter(|path| extension::verified(path));
+        let engine = match &verified {
+            // The same file passed DuckDB's signature check before (see `extension`).
+            Some(_) => Self {
+                conn: Config::default()
+                    .allow_unsigned_extensions()
+                    .and_then(Connection::open_in_memory_with_flags)
+                    .context("starting the embedded DuckDB")?,
+            },
+            None => Self::new()?,
+        };
+        engine.load_postgres_extension(verified.as_deref())?;
+        engine.attach_postgres(pg, access)
+    }
+
+    fn attach_postgres(self, pg: &PgConnection, access: Access) -> Result<Self> {
         let read_only = if access == Access::ReadOnly {
             ", READ_ONLY"
         } else {
@@ -169,26 +184,52 @@ impl Engine {
         }
     }
 
-    /// `LOAD postgres`, else `INSTALL` then `LOAD`, else an error saying how to install it.
-    fn load_postgres_extension(&self) -> Result<()> {
-        if self.conn.execute_batch("LOAD postgres").is_ok() {
-            return Ok(());
+    /// Loads the extension file already verified, or else `LOAD postgres` (signature checked,
+    /// then recorded), else `INSTALL` then `LOAD`, else an error saying how to install it.
+    fn load_postgres_extension(&self, verified: Option<&Path>) -> Result<()> {
+        if let Some(path) = verified {
+            return self
+                .conn
+                .execute_batch(&format!("LOAD {}", literal(&path.to_string_lossy())))
+                .with_context(|| {
+                    format!("loading DuckDB's postgres extension {}", path.display())
+                });
         }
-        let Err(e) = self.conn.execute_batch("INSTALL postgres; LOAD postgres") else {
+        let check = extension::default_path().map(|path| extension::Check::start(&path));
+        let Err(load) = self.conn.execute_batch("LOAD postgres") else {
+            if let Some(check) = check.filter(|c| self.loaded_from(c.path())) {
+                check.passed();
+            }
             return Ok(());
         };
-        let platform: String = self
-            .conn
-            .query_row("PRAGMA platform", [], |row| row.get(0))
-            .unwrap_or_else(|_| "linux_amd64".into());
-        bail!(
-            "DuckDB's postgres extension is not installed and could not be downloaded ({}): \
-             install it offline with `scripts/setup` from the export-events checkout, which copies \
-             postgres_scanner.duckdb_extension from the PyPI wheel \
-             duckdb-extension-postgres-scanner=={} into ~/.duckdb/extensions/{DUCKDB_VERSION}/{platform}/",
-            first_line(&e.to_string()),
-            &DUCKDB_VERSION[1..],
-        )
+        let Err(install) = self.conn.execute_batch("INSTALL postgres; LOAD postgres") else {
+            return Ok(());
+        };
+        match check.map(|c| c.path().to_owned()).filter(|p| p.exists()) {
+            Some(path) => bail!(
+                "DuckDB's postgres extension {} could not be loaded ({}): reinstall it: {}",
+                path.display(),
+                first_line(&load.to_string()),
+                extension::install_hint()
+            ),
+            None => bail!(
+                "DuckDB's postgres extension is not installed and could not be downloaded ({}): {}",
+                first_line(&install.to_string()),
+                extension::install_hint()
+            ),
+        }
+    }
+
+    /// Whether the loaded postgres extension is the file at `path`.
+    fn loaded_from(&self, path: &Path) -> bool {
+        self.conn
+            .query_row(
+                "SELECT install_path FROM duckdb_extensions() \
+                 WHERE extension_name = 'postgres_scanner' AND loaded",
+                [],
+                |row| row.get::<_, String>(0),
+            )
+            .is_ok_and(|installed| Path::new(&installed) == path)
     }
 }
 

@@ -10,12 +10,14 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use chrono::Utc;
 
-use crate::cli::{ExportArgs, Format};
+use crate::cli::{Compression, ExportArgs, Format};
 use crate::engine::{Access, Engine};
 use crate::progress::{self, Progress, Total};
 use crate::query::{self, Dialect};
 use crate::settings::{self, Env, Source};
-use crate::sink::{self, csv::CsvSink, parquet::ParquetSink, Sink, Target};
+use crate::sink::{
+    self, csv::CsvSink, parquet::ParquetSink, threaded::Writers, AtomicFile, Sink, Target,
+};
 use crate::{generate, since};
 
 /// Where the CSV goes without `--output`, as in the original command.
@@ -23,15 +25,52 @@ pub const DEFAULT_OUTPUT: &str = "exports/events_export.csv";
 /// Where the Parquet file goes with `--format parquet` and no `--output`.
 pub const DEFAULT_PARQUET_OUTPUT: &str = "exports/events_export.parquet";
 
-/// `export-events [--since WHEN] [--output PATH] [--format F] [source]`.
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    pub rows: u64,
+    /// Absolute paths of the files, CSV first.
+    pub paths: Vec<std::path::PathBuf>,
+}
+
+/// `export-events [--since WHEN] [--output PATH] [--format F] [source]`: exports, then prints
+/// the original command's success line.
 pub fn run(args: &ExportArgs) -> Result<()> {
+    let exported = if args.incremental {
+        crate::incremental::export(args)?
+    } else {
+        export(args)?
+    };
+    println!("{}", exported.success_line());
+    Ok(())
+}
+
+impl Exported {
+    /// `Exported N events to /abs/path` (`... and /abs/other` with both formats); an
+    /// incremental run that found nothing new wrote no file.
+    pub fn success_line(&self) -> String {
+        let paths: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
+        if paths.is_empty() {
+            return format!("Exported {} events", self.rows);
+        }
+        format!("Exported {} events to {}", self.rows, paths.join(" and "))
+    }
+}
+
+/// One export, silent but for the progress bar.
+pub fn export(args: &ExportArgs) -> Result<Exported> {
     let since = args
         .since
         .as_deref()
         .map(|text| since::parse(text, Utc::now()))
         .transpose()?;
     let cwd = std::env::current_dir().context("reading the working directory")?;
-    let targets = targets(args, &cwd)?;
+    let targets = targets(
+        args.output.as_deref(),
+        args.format,
+        [DEFAULT_OUTPUT, DEFAULT_PARQUET_OUTPUT],
+        &cwd,
+    )?;
     let source = settings::resolve(&args.source, &Env::load(&cwd)?)?;
     sink::remove_partial_files_on_signal()?;
 
@@ -48,47 +87,59 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     } else {
         Progress::hidden()
     };
-    let mut sinks = targets
+    let sql = query::events(since, dialect);
+    let (rows, files) = write_files(&engine, &sql, &targets, args.compression, &progress)?;
+    sink::commit_all(files)?;
+    progress.finish(rows);
+    Ok(Exported {
+        rows,
+        paths: targets.into_iter().map(|(t, _)| t.path).collect(),
+    })
+}
+
+/// Streams the rows of `sql` into one file per target; returns the number of rows and the
+/// files, complete but not yet in place.
+pub fn write_files(
+    engine: &Engine,
+    sql: &str,
+    targets: &[(Target, Format)],
+    compression: Compression,
+    progress: &Progress,
+) -> Result<(u64, Vec<AtomicFile>)> {
+    let sinks = targets
         .iter()
         .map(|(target, format)| -> Result<Box<dyn Sink>> {
             Ok(match format {
-                Format::Parquet => Box::new(ParquetSink::create(target, args.compression)?),
+                Format::Parquet => Box::new(ParquetSink::create(target, compression)?),
                 _ => Box::new(CsvSink::create(target)?),
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let rows = engine.for_each_batch(&query::events(since, dialect), |batch| {
-        for sink in &mut sinks {
-            sink.write_batch(batch)?;
-        }
+    let mut writers = Writers::spawn(sinks)?;
+    let rows = engine.for_each_batch(sql, |batch| {
+        writers.write(batch)?;
         progress.advance(batch.num_rows() as u64);
         Ok(())
     })?;
-    let files = sinks
-        .into_iter()
-        .map(|sink| sink.close())
-        .collect::<Result<Vec<_>>>()?;
-    sink::commit_all(files)?;
-    progress.finish(rows);
-    let paths: Vec<String> = targets
-        .iter()
-        .map(|(t, _)| t.path.display().to_string())
-        .collect();
-    println!("Exported {rows} events to {}", paths.join(" and "));
-    Ok(())
+    Ok((rows, writers.close()?))
 }
 
-/// The files to write, each with its format: with `both`, the Parquet file goes beside the CSV.
-fn targets(args: &ExportArgs, cwd: &Path) -> Result<Vec<(Target, Format)>> {
-    let output = args.output.as_deref();
-    Ok(match args.format {
-        Format::Csv => vec![(Target::resolve(output, DEFAULT_OUTPUT, cwd)?, Format::Csv)],
+/// The files to write, each with its format: `output`, or the default of the format
+/// (`[csv, parquet]`); with `both`, the Parquet file goes beside the CSV.
+pub fn targets(
+    output: Option<&Path>,
+    format: Format,
+    [csv_default, parquet_default]: [&str; 2],
+    cwd: &Path,
+) -> Result<Vec<(Target, Format)>> {
+    Ok(match format {
+        Format::Csv => vec![(Target::resolve(output, csv_default, cwd)?, Format::Csv)],
         Format::Parquet => vec![(
-            Target::resolve(output, DEFAULT_PARQUET_OUTPUT, cwd)?,
+            Target::resolve(output, parquet_default, cwd)?,
             Format::Parquet,
         )],
         Format::Both => {
-            let csv = Target::resolve(output, DEFAULT_OUTPUT, cwd)?;
+            let csv = Target::resolve(output, csv_default, cwd)?;
             let parquet = csv.sibling("parquet")?;
             vec![(csv, Format::Csv), (parquet, Format::Parquet)]
         }
@@ -97,19 +148,14 @@ fn targets(args: &ExportArgs, cwd: &Path) -> Result<Vec<(Target, Format)>> {
 
 /// Attaches the source read-only; returns the engine, the SQL dialect that reads it, and a
 /// description for messages.
-fn open(source: &Source, cwd: &Path, quiet: bool) -> Result<(Engine, Dialect, String)> {
-    let engine = Engine::new()?.bound_memory()?;
-    Ok(match source {
-        Source::Postgres(pg) => (
-            engine.attach_postgres(pg, Access::ReadOnly)?,
-            Dialect::Postgres,
-            format!("the PostgreSQL database (settings from {})", pg.origin),
-        ),
-        Source::DuckDbFile(path) => (
-            engine.attach_duckdb(path, Access::ReadOnly)?,
-            Dialect::DuckDb,
-            format!("DuckDB file {}", path.display()),
-        ),
+pub fn open(source: &Source, cwd: &Path, quiet: bool) -> Result<(Engine, Dialect, String)> {
+    let (path, described) = match source {
+        Source::Postgres(pg) => {
+            let engine = Engine::postgres(pg, Access::ReadOnly)?.bound_memory()?;
+            let described = format!("the PostgreSQL database (settings from {})", pg.origin);
+            return Ok((engine, Dialect::Postgres, described));
+        }
+        Source::DuckDbFile(path) => (path.clone(), format!("DuckDB file {}", path.display())),
         Source::Demo => {
             let path = generate::ensure_demo(cwd, quiet)?;
             if !quiet {
@@ -118,12 +164,12 @@ fn open(source: &Source, cwd: &Path, quiet: bool) -> Result<(Engine, Dialect, St
                     path.display()
                 );
             }
-            let engine = engine.attach_duckdb(&path, Access::ReadOnly)?;
-            (
-                engine,
-                Dialect::DuckDb,
-                format!("the demo database {}", path.display()),
-            )
+            let described = format!("the demo database {}", path.display());
+            (path, described)
         }
-    })
+    };
+    let engine = Engine::new()?
+        .bound_memory()?
+        .attach_duckdb(&path, Access::ReadOnly)?;
+    Ok((engine, Dialect::DuckDb, described))
 }

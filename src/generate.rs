@@ -6,7 +6,10 @@
 //! awkward ones of `fixtures/compat/sample.sql` (commas, quotes, line breaks, non-ASCII, NULL
 //! ids, extreme timestamps); the rest have a realistic shape: a year of timestamps with whole
 //! and fractional seconds and ties, about 10% NULL telemetry ids, 8% NULL device ids, a third
-//! acknowledged. PostgreSQL gets its indexes after loading, as bulk loads should.
+//! acknowledged. As in the Hub, timestamps follow insertion order (ids) with jitter, and a few
+//! are back-dated by devices that were offline, so the physical order of the table and its
+//! timestamp index agree the way they do in production. PostgreSQL gets its indexes after
+//! loading, as bulk loads should. Rows are loaded in chunks so a progress bar can follow.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cli::GenerateArgs;
 use crate::engine::{literal, Access, Engine, CATALOG};
 use crate::error::UsageError;
+use crate::progress::{self, Progress, Total};
 use crate::settings::{self, Env};
 
 /// The awkward sample data every fixture starts with.
@@ -22,6 +26,8 @@ const SAMPLE: &str = include_str!("../fixtures/compat/sample.sql");
 /// Rows in the sample data.
 const SAMPLE_EVENTS: u64 = 15;
 const SAMPLE_RULES: u32 = 10;
+/// Generated events per INSERT: the progress bar moves once a chunk.
+const CHUNK: u64 = 1_000_000;
 /// The demo database: where, and how big.
 pub const DEMO_PATH: &str = "exports/demo.duckdb";
 const DEMO: Plan = Plan {
@@ -46,17 +52,23 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         rules: args.rules,
     };
     let started = std::time::Instant::now();
+    let progress = if progress::wanted(args.quiet) {
+        Progress::start(Total::Exact(plan.rows))
+    } else {
+        Progress::hidden()
+    };
     let described = if let Some(path) = &args.target.duckdb {
-        into_duckdb(path, plan, args.replace)?;
+        into_duckdb(path, plan, args.replace, &progress)?;
         format!("DuckDB file {}", path.display())
     } else {
         let cwd = std::env::current_dir().context("reading the working directory")?;
         let pg =
             settings::resolve_postgres(args.target.database_url.as_deref(), &Env::load(&cwd)?)?;
-        let engine = Engine::new()?.attach_postgres(&pg, Access::ReadWrite)?;
-        into_postgres(&engine, plan, args.replace)?;
+        let engine = Engine::postgres(&pg, Access::ReadWrite)?;
+        into_postgres(&engine, plan, args.replace, &progress)?;
         format!("PostgreSQL (settings from {})", pg.origin)
     };
+    progress.finish(plan.rows);
     println!(
         "Generated {} events and {} rules (seed {}) in {described} in {:.1} s",
         plan.rows,
@@ -86,25 +98,30 @@ pub fn ensure_demo(cwd: &Path, quiet: bool) -> Result<PathBuf> {
         .prefix(".demo.")
         .tempdir_in(folder)?;
     let building = scratch.path().join("demo.duckdb");
-    into_duckdb(&building, DEMO, false)?;
+    into_duckdb(&building, DEMO, false, &Progress::hidden())?;
     std::fs::rename(&building, &path).with_context(|| format!("creating {}", path.display()))?;
     Ok(path)
 }
 
 /// Fills a DuckDB database file (created when missing).
-pub fn into_duckdb(path: &Path, plan: Plan, replace: bool) -> Result<()> {
+pub fn into_duckdb(path: &Path, plan: Plan, replace: bool, progress: &Progress) -> Result<()> {
     let engine = Engine::new()?.attach_duckdb(path, Access::ReadWrite)?;
     prepare_target(&engine, replace, &format!("DuckDB file {}", path.display()))?;
     run_sql(&engine, &format!("USE {CATALOG}; {DUCKDB_TABLES}"))?;
-    load(&engine, plan)?;
+    load(&engine, plan, progress)?;
     run_sql(&engine, "CHECKPOINT")
 }
 
 /// Fills the PostgreSQL database attached (read-write) to `engine`.
-pub fn into_postgres(engine: &Engine, plan: Plan, replace: bool) -> Result<()> {
+pub fn into_postgres(
+    engine: &Engine,
+    plan: Plan,
+    replace: bool,
+    progress: &Progress,
+) -> Result<()> {
     prepare_target(engine, replace, "the PostgreSQL database")?;
     postgres_execute(engine, POSTGRES_TABLES)?;
-    load(engine, plan)?;
+    load(engine, plan, progress)?;
     postgres_execute(engine, POSTGRES_INDEXES)
 }
 
@@ -130,7 +147,7 @@ fn prepare_target(engine: &Engine, replace: bool, target: &str) -> Result<()> {
 }
 
 /// Inserts the sample rows, then the generated ones, into the attached tables.
-fn load(engine: &Engine, plan: Plan) -> Result<()> {
+fn load(engine: &Engine, plan: Plan, progress: &Progress) -> Result<()> {
     if plan.rules < SAMPLE_RULES {
         bail!(UsageError(format!(
             "--rules must be at least {SAMPLE_RULES} (the sample rules)"
@@ -156,7 +173,15 @@ fn load(engine: &Engine, plan: Plan) -> Result<()> {
     run_sql(engine, &format!("USE {CATALOG}; {rules_sql}"))?;
     run_sql(engine, &generated_rules(plan))?;
     run_sql(engine, &format!("USE {CATALOG}; {limited_events}"))?;
-    run_sql(engine, &generated_events(plan))
+    progress.advance(plan.rows.min(SAMPLE_EVENTS));
+    let mut first = SAMPLE_EVENTS + 1;
+    while first <= plan.rows {
+        let end = (first + CHUNK).min(plan.rows + 1);
+        run_sql(engine, &generated_events(plan, first, end))?;
+        progress.advance(end - first);
+        first = end;
+    }
+    Ok(())
 }
 
 fn generated_rules(plan: Plan) -> String {
@@ -176,31 +201,46 @@ fn generated_rules(plan: Plan) -> String {
     )
 }
 
-fn generated_events(plan: Plan) -> String {
-    // A year from 2025-01-01 UTC; an eighth of the rows on whole minutes (ties), half of the
-    // rest with a fraction of a second. Bits of one hash pick every column.
+/// Events `first..end` (ids) of the plan.
+///
+/// Event k of the generated ones is inserted at `k / n` of the way through 2025, in groups of
+/// three that share an instant (rules firing together). Its device timestamp is: that instant
+/// to the whole second for a quarter of the rows (ties within a group), up to two seconds
+/// earlier with a fraction for half, to the whole second for the rest, and for one in sixteen
+/// back-dated by up to three days (a device that was offline). Bits of one hash pick every
+/// column.
+fn generated_events(plan: Plan, first: u64, end: u64) -> String {
+    let generated = plan.rows.saturating_sub(SAMPLE_EVENTS).max(1);
+    let step = YEAR / i64::try_from(generated.div_ceil(3)).unwrap_or(i64::MAX);
     format!(
         "INSERT INTO {CATALOG}.events
              (id, \"timestamp\", created_at, rule_id, acknowledged, trigger_telemetry_id, trigger_device_id)
-         SELECT i, make_timestamp(micros)::TIMESTAMPTZ,
-                make_timestamp(micros + ((h >> 8) % 5000000)::BIGINT)::TIMESTAMPTZ,
+         SELECT i, make_timestamp(greatest({START}, micros))::TIMESTAMPTZ,
+                make_timestamp((inserted + (h >> 8) % 50000)::BIGINT)::TIMESTAMPTZ,
                 (1 + (h >> 20) % {rules})::INTEGER,
                 (h >> 40) % 3 = 0,
                 CASE WHEN (h >> 44) % 10 = 0 THEN NULL ELSE (i * 10 + (h >> 12) % 10)::BIGINT END,
                 CASE WHEN (h >> 50) % 100 < 8 THEN NULL ELSE (1 + (h >> 56) % 200)::BIGINT END
          FROM (
-             SELECT i, h, (1735689600000000 + CASE
-                 WHEN h % 8 = 0 THEN (h >> 3) % 525600 * 60000000
-                 WHEN (h >> 30) % 2 = 0 THEN (h >> 3) % 31536000 * 1000000
-                 ELSE (h >> 3) % 31536000 * 1000000 + (h >> 32) % 1000000 END)::BIGINT AS micros
-             FROM (SELECT i, hash(i, {seed}::UBIGINT) AS h FROM range({first}, {last}) AS t(i))
+             SELECT i, h, inserted, (CASE
+                 WHEN h % 16 < 4 THEN inserted // 1000000 * 1000000
+                 WHEN h % 16 = 4 THEN (inserted - (h >> 8) % 259200000000) // 1000000 * 1000000
+                 WHEN h % 16 < 12 THEN inserted - (h >> 8) % 2000000
+                 ELSE (inserted - (h >> 8) % 2000000) // 1000000 * 1000000 END)::BIGINT AS micros
+             FROM (
+                 SELECT i, h, ({START} + (i - {offset}) // 3 * {step})::BIGINT AS inserted
+                 FROM (SELECT i, hash(i, {seed}::UBIGINT) AS h FROM range({first}, {end}) AS t(i))
+             )
          )",
         rules = plan.rules,
         seed = plan.seed,
-        first = SAMPLE_EVENTS + 1,
-        last = plan.rows + 1,
+        offset = SAMPLE_EVENTS + 1,
     )
 }
+
+/// 2025-01-01T00:00:00Z and the length of 2025, in microseconds.
+const START: i64 = 1_735_689_600_000_000;
+const YEAR: i64 = 31_536_000_000_000;
 
 fn run_sql(engine: &Engine, sql: &str) -> Result<()> {
     engine

@@ -9,12 +9,15 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod extension;
 pub mod generate;
+pub mod incremental;
 pub mod progress;
 pub mod query;
 pub mod settings;
 pub mod since;
 pub mod sink;
+pub mod state;
 
 /// Runs the command the user asked for.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {

@@ -33,6 +33,34 @@ pub enum Dialect {
 
 /// The SQL of one export, run by DuckDB.
 pub fn events(since: Option<DateTime<Utc>>, dialect: Dialect) -> String {
+    select(dialect, &filter(since))
+}
+
+/// Which row versions an incremental run exports: those written by the transactions of its
+/// window, told apart by PostgreSQL's `age(xmin)` (see `incremental`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Rows whose transaction is this old or younger came after the window (the next run's).
+    pub younger_than: i64,
+    /// Rows whose transaction is older than this belong to earlier runs; `None` for a run that
+    /// exports everything up to the window's end (frozen rows included).
+    pub at_most: Option<i64>,
+    /// `--since` of a first run.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// The SQL of an incremental run: the export query restricted to `window`. PostgreSQL only.
+pub fn changed_events(window: &Window) -> String {
+    let mut conditions = filter(window.since);
+    conditions.push(format!("age(e.xmin) > {}", window.younger_than));
+    if let Some(oldest) = window.at_most {
+        conditions.push(format!("age(e.xmin) <= {oldest}"));
+    }
+    select(Dialect::Postgres, &conditions)
+}
+
+fn select(dialect: Dialect, conditions: &[String]) -> String {
+    let filter = where_clause(conditions);
     let sql = format!(
         "SELECT e.id::BIGINT AS id, e.\"timestamp\"::TIMESTAMPTZ AS \"timestamp\", \
          r.name::VARCHAR AS rule, e.acknowledged::BOOLEAN AS acknowledged, \
@@ -42,7 +70,6 @@ pub fn events(since: Option<DateTime<Utc>>, dialect: Dialect) -> String {
          ORDER BY e.\"timestamp\" DESC, e.id DESC",
         events = table(dialect, "events"),
         rules = table(dialect, "rules"),
-        filter = filter(since),
     );
     passed_through(sql, dialect)
 }
@@ -55,7 +82,7 @@ pub fn total(since: Option<DateTime<Utc>>, dialect: Dialect) -> (String, bool) {
     let count = format!(
         "SELECT count(*) FROM {} AS e{}",
         table(dialect, "events"),
-        filter(since)
+        where_clause(&filter(since))
     );
     if since.is_some() || dialect == Dialect::DuckDb {
         return (passed_through(count, dialect), true);
@@ -75,13 +102,24 @@ fn table(dialect: Dialect, name: &str) -> String {
     }
 }
 
-fn filter(since: Option<DateTime<Utc>>) -> String {
-    since.map_or(String::new(), |t| {
-        format!(
-            "\nWHERE e.\"timestamp\" >= TIMESTAMPTZ '{}'",
-            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
-        )
-    })
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        return String::new();
+    }
+    format!("\nWHERE {}", conditions.join(" AND "))
+}
+
+/// The `--since` condition, when there is one.
+fn filter(since: Option<DateTime<Utc>>) -> Vec<String> {
+    since
+        .map(|t| {
+            format!(
+                "e.\"timestamp\" >= TIMESTAMPTZ '{}'",
+                t.format("%Y-%m-%d %H:%M:%S%.6f+00")
+            )
+        })
+        .into_iter()
+        .collect()
 }
 
 fn passed_through(sql: String, dialect: Dialect) -> String {
@@ -131,6 +169,27 @@ mod tests {
             "{sql}"
         );
         assert!(sql.ends_with("e.id DESC')"), "{sql}");
+    }
+
+    #[test]
+    fn incremental_windows_bound_the_age_of_the_writing_transaction() {
+        let mut window = Window {
+            younger_than: 12,
+            at_most: Some(3_000),
+            since: None,
+        };
+        let sql = changed_events(&window);
+        assert!(
+            sql.contains("WHERE age(e.xmin) > 12 AND age(e.xmin) <= 3000\nORDER BY"),
+            "{sql}"
+        );
+        window.at_most = None;
+        window.since = Some(Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap());
+        let sql = changed_events(&window);
+        assert!(
+            sql.contains("+00'' AND age(e.xmin) > 12\nORDER BY"),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn split_offset(text: &str) -> Option<(&str, FixedOffset)> {
     }
     let digits: String = offset.chars().filter(|c| *c != ':').collect();
     let valid_shape = matches!(offset.len(), 2 | 4) || (offset.len() == 5 && &offset[2..3] == ":");
-    if !valid_shape || digits.len() % 2 != 0 {
+    if !valid_shape || !digits.len().is_multiple_of(2) {
         return None;
     }
     let hours = number(&digits[..2])? as i32;

@@ -73,6 +73,39 @@ fn a_missing_postgres_extension_says_how_to_install_it() {
 }
 
 #[test]
+fn a_changed_extension_file_has_its_signature_checked_again() {
+    let db = TestDb::sample("fail_ext_tamper");
+    let dir = scratch();
+    let home = scratch();
+    let real = Path::new(&std::env::var("HOME").unwrap())
+        .join(".duckdb/extensions/v1.5.5/linux_amd64/postgres_scanner.duckdb_extension");
+    let folder = home.path().join(".duckdb/extensions/v1.5.5/linux_amd64");
+    std::fs::create_dir_all(&folder).unwrap();
+    let copy = folder.join("postgres_scanner.duckdb_extension");
+    std::fs::copy(&real, &copy).unwrap();
+    let export = || {
+        Run::of(
+            export_events(dir.path())
+                .env("HOME", home.path())
+                .args(["--database-url", &db.url()]),
+        )
+    };
+    let record = folder.join("postgres_scanner.duckdb_extension.export-events-verified");
+    export().success();
+    assert!(record.is_file(), "a signed load is recorded");
+    export().success();
+    // Same size, one byte flipped in the middle: only the signature check can tell.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&copy, bytes).unwrap();
+    let run = export().failure(1, "postgres extension");
+    assert!(run.stderr.contains("could not be loaded"), "{run}");
+    assert!(run.stderr.contains("scripts/setup"), "{run}");
+}
+
+#[test]
 fn sigterm_and_sigint_mid_export_leave_the_previous_file_and_no_temporary_file() {
     let dir = scratch();
     let gen = Run::of(export_events(dir.path()).args([

@@ -9,6 +9,7 @@
 pub mod csv;
 pub mod parquet;
 pub mod text;
+pub mod threaded;
 
 use arrow::record_batch::RecordBatch;
 
@@ -56,6 +57,16 @@ pub struct Target {
 impl Target {
     /// `--output PATH` (its folder must exist), or `default` under `cwd` (folder created on write).
     pub fn resolve(output: Option<&Path>, default: &str, cwd: &Path) -> Result<Self, UsageError> {
+        Self::resolve_flag("--output", output, default, cwd)
+    }
+
+    /// As [`Self::resolve`], for the file of option `flag`.
+    pub fn resolve_flag(
+        flag: &str,
+        output: Option<&Path>,
+        default: &str,
+        cwd: &Path,
+    ) -> Result<Self, UsageError> {
         let Some(output) = output else {
             return Ok(Self {
                 path: normalize(&cwd.join(default)),
@@ -65,15 +76,17 @@ impl Target {
         let path = normalize(&cwd.join(output));
         if path.is_dir() {
             return Err(UsageError(format!(
-                "--output {} is a folder: give a file path, such as {}",
+                "{flag} {} is a folder: give a file path, such as {}",
                 output.display(),
-                Path::new(output).join("events_export.csv").display()
+                Path::new(output)
+                    .join(Path::new(default).file_name().unwrap_or_default())
+                    .display()
             )));
         }
         let folder = path.parent().unwrap_or(Path::new("/"));
         if !folder.is_dir() {
             return Err(UsageError(format!(
-                "--output {}: folder {} does not exist; create it first or choose another path",
+                "{flag} {}: folder {} does not exist; create it first or choose another path",
                 output.display(),
                 folder.display()
             )));
@@ -231,7 +244,8 @@ impl Previous {
 }
 
 /// An output format: takes the export's batches in order, then hands back its finished file.
-pub trait Sink {
+/// Each runs on a thread of its own ([`threaded::Writers`]).
+pub trait Sink: Send {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()>;
     /// Finishes the encoding; the file is complete but not yet in place.
     fn close(self: Box<Self>) -> Result<AtomicFile>;

@@ -1,0 +1,176 @@
+//! Criterion benchmarks of whole exports through the library (the same pipeline the binary
+//! runs), on a generated PostgreSQL table of 1,000,000 events: CSV, Parquet, both, and `--since`
+//! slices of about 1% and 10% of the rows, plus CSV from a DuckDB file. Reported as rows/s.
+//!
+//! The data is made with `export-events generate` (seed 42) when missing and kept: database
+//! `ee_bench_<rows>` on the server of `EXPORT_EVENTS_BENCH_PG` (default
+//! `postgres://postgres@127.0.0.1:5432`), the same one `scripts/bench-vs-psql` uses, and a
+//! DuckDB file in the system's temp folder. `EXPORT_EVENTS_BENCH_ROWS` changes the size.
+//!
+//!     cargo bench --bench export            # or: scripts/bench
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Parser as _;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use export_events::cli::Cli;
+use export_events::export;
+
+fn rows() -> u64 {
+    std::env::var("EXPORT_EVENTS_BENCH_ROWS").map_or(1_000_000, |n| {
+        n.parse().expect("EXPORT_EVENTS_BENCH_ROWS is a number")
+    })
+}
+
+fn server() -> String {
+    std::env::var("EXPORT_EVENTS_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// `psql -c sql` at `url`, its output trimmed; panics with psql's message on failure.
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs the export-events command line `args` through the library.
+fn cli(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("export-events").chain(args.iter().copied()))
+        .expect("valid arguments")
+}
+
+/// The generated PostgreSQL database, made when missing; returns its URL.
+fn postgres_data(rows: u64) -> String {
+    let db = format!("ee_bench_{rows}");
+    let url = format!("{}/{db}", server());
+    let admin = format!("{}/postgres", server());
+    if psql(
+        &admin,
+        &format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"),
+    )
+    .is_empty()
+    {
+        psql(&admin, &format!("CREATE DATABASE {db}"));
+        let n = rows.to_string();
+        export_events::run(cli(&[
+            "generate",
+            "--rows",
+            &n,
+            "--database-url",
+            &url,
+            "-q",
+        ]))
+        .expect("generating the benchmark data");
+    }
+    url
+}
+
+/// The generated DuckDB file, made when missing.
+fn duckdb_data(rows: u64) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("export-events-bench-{rows}.duckdb"));
+    if !path.exists() {
+        let n = rows.to_string();
+        let file = path.to_str().expect("UTF-8 temp path");
+        export_events::run(cli(&["generate", "--rows", &n, "--duckdb", file, "-q"]))
+            .expect("generating the benchmark data");
+    }
+    path
+}
+
+/// A since instant that selects about `fraction` of the events, and how many it selects.
+fn since_for(url: &str, rows: u64, fraction: f64) -> (String, u64) {
+    let skip = (rows as f64 * fraction) as u64;
+    let since = psql(
+        url,
+        &format!(
+            "SELECT to_json(\"timestamp\") #>> '{{}}' FROM events \
+             ORDER BY \"timestamp\" DESC OFFSET {skip} LIMIT 1"
+        ),
+    );
+    let selected = psql(
+        url,
+        &format!("SELECT count(*) FROM events WHERE \"timestamp\" >= '{since}'"),
+    );
+    (since, selected.parse().expect("a count"))
+}
+
+/// One export into `dir`; the number of rows written.
+fn run_export(args: &[&str], dir: &Path) -> u64 {
+    let parquet_only = args.windows(2).any(|w| w == ["--format", "parquet"]);
+    let output = dir.join(if parquet_only {
+        "events.parquet"
+    } else {
+        "events.csv"
+    });
+    let mut all = args.to_vec();
+    all.extend(["--quiet", "--output", output.to_str().unwrap()]);
+    export::export(&cli(&all).export)
+        .expect("the export succeeds")
+        .rows
+}
+
+fn exports(c: &mut Criterion) {
+    let rows = rows();
+    let url = postgres_data(rows);
+    let duckdb = duckdb_data(rows);
+    let dir = tempfile::tempdir().unwrap();
+    let total: u64 = psql(&url, "SELECT count(*) FROM events").parse().unwrap();
+
+    let mut group = c.benchmark_group(format!("export_{rows}"));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30));
+    let pg = ["--database-url", url.as_str()];
+    let mut cases: Vec<(String, Vec<String>, u64)> = ["csv", "parquet", "both"]
+        .into_iter()
+        .map(|format| {
+            (
+                format.to_owned(),
+                vec!["--format".into(), format.into()],
+                total,
+            )
+        })
+        .collect();
+    for (label, fraction) in [("since_1pct", 0.01), ("since_10pct", 0.10)] {
+        let (since, selected) = since_for(&url, total, fraction);
+        cases.push((label.to_owned(), vec!["--since".into(), since], selected));
+    }
+    for (label, extra, expected) in &cases {
+        let mut args: Vec<&str> = pg.to_vec();
+        args.extend(extra.iter().map(String::as_str));
+        group.throughput(Throughput::Elements(*expected));
+        group.bench_function(BenchmarkId::new("postgres", label), |b| {
+            b.iter(|| assert_eq!(run_export(&args, dir.path()), *expected));
+        });
+    }
+    let file = ["--duckdb", duckdb.to_str().unwrap()];
+    group.throughput(Throughput::Elements(total));
+    group.bench_function(BenchmarkId::new("duckdb_file", "csv"), |b| {
+        b.iter(|| assert_eq!(run_export(&file, dir.path()), total));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, exports);
+criterion_main!(benches);

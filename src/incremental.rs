@@ -1,0 +1,284 @@
+//! `--incremental`: each run writes exactly the events inserted or changed since the previous
+//! successful run, as of one consistent snapshot, each change once, in a new file.
+//!
+//! Why it is exact: a cursor on `timestamp` or `id` cannot be (ids are taken before commit,
+//! timestamps come from devices). Instead each run reads, in one REPEATABLE READ transaction,
+//! PostgreSQL's snapshot horizon H = `pg_snapshot_xmin(pg_current_snapshot())`: every transaction
+//! with an id below H has finished, and every later one has an id of at least H. A run exports
+//! the visible rows whose writing transaction (`xmin`) lies in [previous H, this H), so each
+//! committed transaction's rows fall into exactly one run, the first one after it finished,
+//! whatever their ids and timestamps, and rows of a transaction that rolls back never appear.
+//! `xmin` is 32 bits and wraps around, so windows are compared as `age(xmin)` against one
+//! reference per run, from the 64-bit H. Rows frozen by VACUUM lose their `xmin`; when VACUUM
+//! may have frozen rows of the window (or the previous run is too old to compare), the run
+//! exports every event instead, which replays the same.
+//!
+//! The state file moves forward only after the files are durable: a crash at any point repeats
+//! the whole run or changes nothing. A lock beside the state keeps two runs from sharing it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::cli::{ExportArgs, Format};
+use crate::engine::Engine;
+use crate::error::UsageError;
+use crate::export::{self, Exported};
+use crate::progress::Progress;
+use crate::query::{self, Window};
+use crate::settings::{self, Env, Source};
+use crate::since;
+use crate::sink::{self, Target};
+use crate::state::{self, Identity, LastRun, State, DEFAULT_STATE};
+
+/// Where each run's file goes without `--output`; `{time}` is the run's UTC time.
+const DEFAULT_TEMPLATE: [&str; 2] = ["exports/events_{time}.csv", "exports/events_{time}.parquet"];
+const TIME: &str = "{time}";
+/// `age()` of frozen rows, and the widest window ages can tell apart.
+const AGE_LIMIT: i64 = i32::MAX as i64;
+
+/// One incremental run.
+pub fn export(args: &ExportArgs) -> Result<Exported> {
+    let started = Utc::now();
+    let since = args
+        .since
+        .as_deref()
+        .map(|text| since::parse(text, started))
+        .transpose()?;
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let targets = targets(args, started, &cwd)?;
+    let state_target = Target::resolve_flag("--state", args.state.as_deref(), DEFAULT_STATE, &cwd)?;
+    let source = settings::resolve(&args.source, &Env::load(&cwd)?)?;
+    let Source::Postgres(pg) = &source else {
+        bail!(UsageError(
+            "--incremental follows PostgreSQL's transaction ids: give a PostgreSQL source \
+             (--database-url, DATABASE_URL, DB_* or PG* settings), not a DuckDB file"
+                .into()
+        ));
+    };
+    let _lock = lock(&state_target.path)?;
+    let previous = if args.reset_state {
+        None
+    } else {
+        state::load(&state_target.path)?
+    };
+    let horizon = previous.as_ref().and_then(|s| s.horizon);
+    if horizon.is_some() && since.is_some() {
+        bail!(UsageError(format!(
+            "--since only applies to the first incremental run, and state file {} already has a \
+             cursor: drop --since, or pass --reset-state to start over from --since",
+            state_target.path.display()
+        )));
+    }
+    sink::remove_partial_files_on_signal()?;
+
+    let (engine, _, described) = export::open(&source, &cwd, args.quiet)?;
+    engine.require_tables(&["events", "rules"], &described)?;
+    // DuckDB's transaction is a REPEATABLE READ one in PostgreSQL: one snapshot for all below.
+    run_sql(&engine, "BEGIN TRANSACTION")?;
+    let snapshot = Snapshot::read(&engine)?;
+    let mut state = match previous {
+        Some(previous) => {
+            previous.check_source(&snapshot.source, &state_target.path)?;
+            remove_leftovers(&previous.pending, args.quiet)?;
+            previous
+        }
+        None => State::empty(snapshot.source.clone()),
+    };
+    let window = snapshot.window(horizon, since, args.quiet, pg.origin)?;
+    // Named before they exist, so that a run interrupted from here on is undone by the next.
+    state.pending = targets
+        .iter()
+        .map(|(t, _)| t.path.display().to_string())
+        .collect();
+    state::save(&state_target, &state)?;
+
+    let (rows, files) = export::write_files(
+        &engine,
+        &query::changed_events(&window),
+        &targets,
+        args.compression,
+        &Progress::hidden(),
+    )?;
+    run_sql(&engine, "COMMIT")?;
+    let paths: Vec<PathBuf> = if rows > 0 || args.write_empty {
+        sink::commit_all(files)?;
+        targets.into_iter().map(|(t, _)| t.path).collect()
+    } else {
+        Vec::new()
+    };
+    state.horizon = Some(snapshot.horizon);
+    state.runs += 1;
+    state.last_run = Some(LastRun {
+        finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        rows,
+        files: paths.iter().map(|p| p.display().to_string()).collect(),
+    });
+    state.pending.clear();
+    state::save(&state_target, &state)?;
+    Ok(Exported { rows, paths })
+}
+
+/// Removes what an interrupted run may have written: its rows are exported again.
+fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
+    for path in pending.iter().map(Path::new).filter(|p| p.exists()) {
+        if !quiet {
+            eprintln!(
+                "export-events: removing {}, written by an interrupted run (this run exports its \
+                 events again)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// This run's files: the template with `{time}` filled in; never an existing file.
+fn targets(args: &ExportArgs, started: DateTime<Utc>, cwd: &Path) -> Result<Vec<(Target, Format)>> {
+    let stamp = started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let template = args
+        .output
+        .as_deref()
+        .map(|p| p.to_string_lossy().into_owned());
+    if let Some(template) = &template {
+        if !template.contains(TIME) {
+            bail!(UsageError(format!(
+                "--output {template}: with --incremental it is a template and needs {TIME} (each \
+                 run writes a new file), such as exports/events_{TIME}.csv"
+            )));
+        }
+    }
+    let output = template.map(|t| PathBuf::from(t.replace(TIME, &stamp)));
+    let defaults = DEFAULT_TEMPLATE.map(|t| t.replace(TIME, &stamp));
+    let targets = export::targets(
+        output.as_deref(),
+        args.format,
+        [&defaults[0], &defaults[1]],
+        cwd,
+    )?;
+    if let Some((taken, _)) = targets.iter().find(|(t, _)| t.path.exists()) {
+        bail!(UsageError(format!(
+            "{} already exists: each incremental run writes a new file; did the clock go back?",
+            taken.path.display()
+        )));
+    }
+    Ok(targets)
+}
+
+/// Holds an exclusive lock on `<state>.lock` for the run.
+fn lock(state: &Path) -> Result<File> {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("creating folder {}", folder.display()))?;
+    }
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if file.try_lock().is_err() {
+        bail!(UsageError(format!(
+            "another incremental run is using state file {} (locked: {}): wait for it to finish",
+            state.display(),
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// What the run's snapshot says about the server and the table.
+struct Snapshot {
+    /// 64-bit id below which every transaction had finished.
+    horizon: u64,
+    /// `age()` of the horizon: ages are relative to horizon + this.
+    horizon_age: i64,
+    /// `age(relfrozenxid)` of events: rows of older transactions are frozen.
+    frozen_age: i64,
+    source: Identity,
+}
+
+impl Snapshot {
+    const SQL: &'static str = "SELECT s.horizon::text::bigint AS horizon, \
+        age((s.horizon::text::bigint % 4294967296)::text::xid)::bigint AS horizon_age, \
+        age(c.relfrozenxid)::bigint AS frozen_age, \
+        (SELECT system_identifier FROM pg_control_system())::text AS system_identifier, \
+        current_database()::text AS database, \
+        (SELECT oid FROM pg_database WHERE datname = current_database())::bigint AS database_oid, \
+        c.oid::bigint AS events_oid \
+        FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) AS s, pg_class AS c \
+        WHERE c.oid = 'events'::regclass";
+
+    fn read(engine: &Engine) -> Result<Self> {
+        let sql = format!(
+            "SELECT * FROM postgres_query('{}', {})",
+            crate::engine::CATALOG,
+            crate::engine::literal(Self::SQL)
+        );
+        engine
+            .connection()
+            .query_row(&sql, [], |row| {
+                Ok(Self {
+                    horizon: row.get::<_, i64>(0)? as u64,
+                    horizon_age: row.get(1)?,
+                    frozen_age: row.get(2)?,
+                    source: Identity {
+                        system_identifier: row.get(3)?,
+                        database: row.get(4)?,
+                        database_oid: row.get::<_, i64>(5)? as u32,
+                        events_oid: row.get::<_, i64>(6)? as u32,
+                    },
+                })
+            })
+            .context("reading PostgreSQL's snapshot horizon")
+    }
+
+    /// The rows of this run: from the previous horizon (or everything) to this one.
+    fn window(
+        &self,
+        previous: Option<u64>,
+        since: Option<DateTime<Utc>>,
+        quiet: bool,
+        origin: &str,
+    ) -> Result<Window> {
+        let reference = self.horizon + self.horizon_age as u64;
+        let at_most = match previous {
+            None => None,
+            Some(previous) if previous > self.horizon => bail!(
+                "the state's horizon {previous} is ahead of this server's ({}; settings from \
+                 {origin}): was the database restored from a backup? Pass --reset-state to \
+                 export everything again",
+                self.horizon
+            ),
+            Some(previous) => {
+                let age = (reference - previous) as i64;
+                let frozen_below = reference - self.frozen_age.min(AGE_LIMIT) as u64;
+                if age >= AGE_LIMIT || (self.frozen_age < AGE_LIMIT && frozen_below > previous) {
+                    if !quiet {
+                        eprintln!(
+                            "export-events: VACUUM may have frozen rows written since the last \
+                             run (or it was over 2 billion transactions ago): exporting every \
+                             event this time, so none is missed"
+                        );
+                    }
+                    None
+                } else {
+                    Some(age)
+                }
+            }
+        };
+        Ok(Window {
+            younger_than: self.horizon_age,
+            at_most,
+            since,
+        })
+    }
+}
+
+fn run_sql(engine: &Engine, sql: &str) -> Result<()> {
+    engine
+        .connection()
+        .execute_batch(sql)
+        .with_context(|| format!("{sql} in DuckDB"))
+}

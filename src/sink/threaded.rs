@@ -1,0 +1,157 @@
+//! Each sink on a thread of its own, fed in order through a bounded channel: encoding (CSV text,
+//! Parquet compression) runs while DuckDB reads the next rows from PostgreSQL, and with `both`
+//! the two formats encode side by side. Reading, not writing, then sets the pace.
+//!
+//! The channels hold a few batches each, so memory stays bounded: a slow sink makes the reader
+//! wait. A sink that fails stops its thread; the next write reports its error.
+
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Context as _, Result};
+use arrow::record_batch::RecordBatch;
+
+use super::{AtomicFile, Sink};
+
+/// Batches waiting per sink (DuckDB's batches hold 2,048 rows).
+const QUEUE: usize = 32;
+
+/// The running sinks.
+pub struct Writers {
+    senders: Vec<SyncSender<RecordBatch>>,
+    threads: Vec<JoinHandle<Result<AtomicFile>>>,
+}
+
+impl Writers {
+    /// Starts one thread per sink.
+    pub fn spawn(sinks: Vec<Box<dyn Sink>>) -> Result<Self> {
+        let mut senders = Vec::with_capacity(sinks.len());
+        let mut threads = Vec::with_capacity(sinks.len());
+        for mut sink in sinks {
+            let (sender, batches) = sync_channel::<RecordBatch>(QUEUE);
+            let thread = std::thread::Builder::new()
+                .name("export-events-sink".into())
+                .spawn(move || {
+                    for batch in batches {
+                        sink.write_batch(&batch)?;
+                    }
+                    sink.close()
+                })
+                .context("starting a writer thread")?;
+            senders.push(sender);
+            threads.push(thread);
+        }
+        Ok(Self { senders, threads })
+    }
+
+    /// Hands `batch` to every sink (arrays are shared, not copied).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        for sender in &self.senders {
+            if sender.send(batch.clone()).is_err() {
+                // That sink's thread has ended, which only an error makes it do.
+                self.senders.clear();
+                let failure = std::mem::take(&mut self.threads)
+                    .into_iter()
+                    .map(join)
+                    .find_map(Result::err);
+                return Err(failure.unwrap_or_else(|| anyhow!("a writer thread stopped")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every sink to finish; their files, in the order the sinks were given.
+    pub fn close(mut self) -> Result<Vec<AtomicFile>> {
+        self.senders.clear();
+        std::mem::take(&mut self.threads)
+            .into_iter()
+            .map(join)
+            .collect()
+    }
+}
+
+fn join(thread: JoinHandle<Result<AtomicFile>>) -> Result<AtomicFile> {
+    thread
+        .join()
+        .map_err(|_| anyhow!("a writer thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::sink::Target;
+
+    /// Writes the ids it gets, one per line; fails on a negative id.
+    struct Ids(AtomicFile);
+
+    impl Sink for Ids {
+        fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+            use std::io::Write as _;
+            let ids = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            for id in ids.values() {
+                anyhow::ensure!(*id >= 0, "negative id {id}");
+                writeln!(self.0, "{id}")?;
+            }
+            Ok(())
+        }
+        fn close(self: Box<Self>) -> Result<AtomicFile> {
+            Ok(self.0)
+        }
+    }
+
+    fn batch(ids: Vec<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ids))]).unwrap()
+    }
+
+    fn sinks(dir: &std::path::Path, names: &[&str]) -> Vec<Box<dyn Sink>> {
+        names
+            .iter()
+            .map(|name| {
+                let target = Target::resolve(Some(name.as_ref()), "x", dir).unwrap();
+                Box::new(Ids(AtomicFile::create(&target).unwrap())) as Box<dyn Sink>
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_sink_gets_every_batch_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writers = Writers::spawn(sinks(dir.path(), &["a", "b"])).unwrap();
+        for start in (0..1_000).step_by(10) {
+            writers
+                .write(&batch((start..start + 10).collect()))
+                .unwrap();
+        }
+        let files = writers.close().unwrap();
+        crate::sink::commit_all(files).unwrap();
+        let expected: String = (0..1_000).map(|i| format!("{i}\n")).collect();
+        for name in ["a", "b"] {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(name)).unwrap(),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_writes_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writers = Writers::spawn(sinks(dir.path(), &["a"])).unwrap();
+        let error = (0..1_000)
+            .map(|_| writers.write(&batch(vec![-1])))
+            .find_map(Result::err)
+            .expect("the failure reaches the reader");
+        assert_eq!(error.to_string(), "negative id -1");
+        assert!(writers.close().unwrap().is_empty());
+    }
+}

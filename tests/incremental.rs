@@ -1,0 +1,277 @@
+//! `--incremental` against real concurrency: writer threads insert events in transactions of
+//! random size over their own PostgreSQL sessions (some held open across several export runs,
+//! some rolled back, some back-dated, some flipping `acknowledged` of earlier events) while
+//! incremental runs loop. Replaying every file in order, upserting by id, must give the table;
+//! every committed insert must appear, untouched rows exactly once; no rolled-back event ever.
+//! The same again with the exporter killed (SIGKILL) at random moments.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// A small deterministic random source (xorshift), one per thread.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// An interactive psql session: statements run when sent, transactions stay open between.
+struct Session {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Session {
+    fn open(url: &str) -> Self {
+        let mut child = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url])
+            .env("PGOPTIONS", "--client-min-messages=warning")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("psql runs");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            _child: child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Runs the statement `sql` and waits until it is done; panics if it failed.
+    fn run(&mut self, sql: &str) {
+        writeln!(self.stdin, "{sql};\n\\echo __done__ :ERROR").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "psql died");
+            if let Some(failed) = line.trim_end().strip_prefix("__done__ ") {
+                assert_eq!(failed, "false", "{sql} failed");
+                return;
+            }
+        }
+    }
+}
+
+/// What the writers did.
+#[derive(Default)]
+struct Ledger {
+    committed: BTreeSet<i64>,
+    rolled_back: BTreeSet<i64>,
+    /// Ids whose `acknowledged` a committed transaction flipped.
+    updated: BTreeSet<i64>,
+}
+
+/// Starts `threads` writers doing `transactions` each; returns their handles.
+fn writers(
+    url: &str,
+    threads: u64,
+    transactions: u64,
+    ledger: &Arc<Mutex<Ledger>>,
+) -> Vec<thread::JoinHandle<()>> {
+    let next_id = Arc::new(AtomicI64::new(1_000_000));
+    (0..threads)
+        .map(|t| {
+            let (url, ledger, next_id) = (url.to_owned(), ledger.clone(), next_id.clone());
+            thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t + 1) * 0x1234_5678));
+                let mut session = Session::open(&url);
+                for _ in 0..transactions {
+                    session.run("BEGIN");
+                    let ids: Vec<i64> = (0..1 + rng.below(25))
+                        .map(|_| next_id.fetch_add(1, Ordering::SeqCst))
+                        .collect();
+                    let rows: Vec<String> = ids
+                        .iter()
+                        .map(|id| {
+                            // One in five back-dated by up to 30 days, like a device that was offline.
+                            let back = if rng.below(5) == 0 { rng.below(2_592_000) } else { rng.below(5) };
+                            format!(
+                                "({id}, now() - interval '{back} seconds' - interval '{} microseconds', \
+                                 now(), {}, {}, {}, {})",
+                                rng.below(1_000_000),
+                                1 + rng.below(10),
+                                rng.below(3) == 0,
+                                if rng.below(10) == 0 { "NULL".into() } else { id.to_string() },
+                                1 + rng.below(200),
+                            )
+                        })
+                        .collect();
+                    session.run(&format!(
+                        "INSERT INTO events (id, \"timestamp\", created_at, rule_id, acknowledged, \
+                         trigger_telemetry_id, trigger_device_id) VALUES {}",
+                        rows.join(", ")
+                    ));
+                    let flip = {
+                        let ledger = ledger.lock().unwrap();
+                        let known: Vec<i64> = ledger.committed.iter().copied().collect();
+                        (rng.below(3) == 0 && !known.is_empty())
+                            .then(|| known[rng.below(known.len() as u64) as usize])
+                    };
+                    if let Some(id) = flip {
+                        session.run(&format!(
+                            "UPDATE events SET acknowledged = NOT acknowledged WHERE id = {id}"
+                        ));
+                    }
+                    // Most transactions are short; one in eight stays open across several runs.
+                    let hold = if rng.below(8) == 0 { 400 + rng.below(1_200) } else { rng.below(60) };
+                    thread::sleep(Duration::from_millis(hold));
+                    let commit = rng.below(5) != 0;
+                    session.run(if commit { "COMMIT" } else { "ROLLBACK" });
+                    let mut ledger = ledger.lock().unwrap();
+                    if commit {
+                        ledger.committed.extend(&ids);
+                        ledger.updated.extend(flip);
+                    } else {
+                        ledger.rolled_back.extend(&ids);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// `export-events --incremental` into `dir/out`, state in `dir`.
+fn incremental(dir: &Path, db: &TestDb) -> Command {
+    let mut cmd = export_events(dir);
+    cmd.args([
+        "--incremental",
+        "--quiet",
+        "--database-url",
+        &db.url(),
+        "--output",
+        "out/events_{time}.csv",
+    ]);
+    cmd
+}
+
+/// Rows of a CSV file by id, as text.
+fn csv_rows(path: &Path) -> Vec<(i64, Vec<String>)> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    reader
+        .records()
+        .map(|r| {
+            let record = r.unwrap();
+            let fields: Vec<String> = record.iter().map(str::to_owned).collect();
+            (fields[0].parse().unwrap(), fields)
+        })
+        .collect()
+}
+
+/// Replays every export file in name order; returns the table by id and how often each id came.
+fn replay(out: &Path) -> (BTreeMap<i64, Vec<String>>, BTreeMap<i64, usize>) {
+    let (mut table, mut seen) = (BTreeMap::new(), BTreeMap::new());
+    for name in files_in(out).iter().filter(|n| !n.starts_with('.')) {
+        for (id, row) in csv_rows(&out.join(name)) {
+            table.insert(id, row);
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+    (table, seen)
+}
+
+/// Runs the writers while `exporter` loops, then a final run; checks the replay.
+fn check_under_concurrency(label: &str, mut exporter: impl FnMut(&Path, &TestDb)) {
+    let db = TestDb::sample(label);
+    let dir = scratch();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let handles = writers(&db.url(), 4, 40, &ledger);
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        thread::spawn(move || {
+            handles.into_iter().for_each(|h| h.join().unwrap());
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut loops = 0;
+    while !done.load(Ordering::SeqCst) || loops < 25 {
+        exporter(dir.path(), &db);
+        loops += 1;
+    }
+    watcher.join().unwrap();
+    Run::of(&mut incremental(dir.path(), &db)).success();
+
+    let (table, seen) = replay(&dir.path().join("out"));
+    let full = dir.path().join("full.csv");
+    Run::of(export_events(dir.path()).args([
+        "--quiet",
+        "--database-url",
+        &db.url(),
+        "-o",
+        "full.csv",
+    ]))
+    .success();
+    let expected: BTreeMap<i64, Vec<String>> = csv_rows(&full).into_iter().collect();
+    assert_eq!(table.len(), expected.len(), "same ids");
+    assert!(table == expected, "replaying the files gives the table");
+    let ledger = ledger.lock().unwrap();
+    assert!(
+        ledger.committed.len() > 100
+            && !ledger.rolled_back.is_empty()
+            && !ledger.updated.is_empty()
+    );
+    for id in &ledger.committed {
+        let times = seen.get(id).copied().unwrap_or(0);
+        if ledger.updated.contains(id) {
+            assert!(times >= 1, "updated event {id} appears");
+        } else {
+            assert_eq!(times, 1, "event {id} appears exactly once");
+        }
+    }
+    for id in (1..=15).filter(|id| !ledger.updated.contains(id)) {
+        assert_eq!(seen.get(&id), Some(&1), "sample event {id} exactly once");
+    }
+    for id in &ledger.rolled_back {
+        assert!(
+            !seen.contains_key(id),
+            "rolled-back event {id} never appears"
+        );
+    }
+}
+
+#[test]
+fn replaying_incremental_files_gives_the_table_under_concurrent_writers() {
+    check_under_concurrency("incr_concurrent", |dir, db| {
+        Run::of(&mut incremental(dir, db)).success();
+    });
+}
+
+#[test]
+fn runs_killed_at_random_moments_lose_and_repeat_nothing() {
+    let mut rng = Rng(42);
+    let mut kills = 0;
+    check_under_concurrency("incr_sigkill", |dir, db| {
+        let mut child = incremental(dir, db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(rng.below(250)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    });
+    assert!(kills >= 20, "killed {kills} times");
+}
