@@ -9,9 +9,10 @@
 //! committed transaction's rows fall into exactly one run, the first one after it finished,
 //! whatever their ids and timestamps, and rows of a transaction that rolls back never appear.
 //! `xmin` is 32 bits and wraps around, so windows are compared as `age(xmin)` against one
-//! reference per run, from the 64-bit H. Rows frozen by VACUUM lose their `xmin`; when VACUUM
-//! may have frozen rows of the window (or the previous run is too old to compare), the run
-//! exports every event instead, which replays the same.
+//! reference per run, from the 64-bit H; a window wider than ages can tell apart (a previous run
+//! over 2 billion transactions ago) exports every event instead, which replays the same. VACUUM
+//! freezing keeps the raw `xmin` readable (PostgreSQL 9.4 and later), so frozen rows are still
+//! placed in their window.
 //!
 //! The state file moves forward only after the files are durable: a crash at any point repeats
 //! the whole run or changes nothing. A lock beside the state keeps two runs from sharing it.
@@ -36,7 +37,7 @@ use crate::state::{self, Identity, LastRun, State, DEFAULT_STATE};
 /// Where each run's file goes without `--output`; `{time}` is the run's UTC time.
 const DEFAULT_TEMPLATE: [&str; 2] = ["exports/events_{time}.csv", "exports/events_{time}.parquet"];
 const TIME: &str = "{time}";
-/// `age()` of frozen rows, and the widest window ages can tell apart.
+/// The widest window `age()` can tell apart.
 const AGE_LIMIT: i64 = i32::MAX as i64;
 
 /// One incremental run.
@@ -194,15 +195,12 @@ struct Snapshot {
     horizon: u64,
     /// `age()` of the horizon: ages are relative to horizon + this.
     horizon_age: i64,
-    /// `age(relfrozenxid)` of events: rows of older transactions are frozen.
-    frozen_age: i64,
     source: Identity,
 }
 
 impl Snapshot {
     const SQL: &'static str = "SELECT s.horizon::text::bigint AS horizon, \
         age((s.horizon::text::bigint % 4294967296)::text::xid)::bigint AS horizon_age, \
-        age(c.relfrozenxid)::bigint AS frozen_age, \
         (SELECT system_identifier FROM pg_control_system())::text AS system_identifier, \
         current_database()::text AS database, \
         (SELECT oid FROM pg_database WHERE datname = current_database())::bigint AS database_oid, \
@@ -222,12 +220,11 @@ impl Snapshot {
                 Ok(Self {
                     horizon: row.get::<_, i64>(0)? as u64,
                     horizon_age: row.get(1)?,
-                    frozen_age: row.get(2)?,
                     source: Identity {
-                        system_identifier: row.get(3)?,
-                        database: row.get(4)?,
-                        database_oid: row.get::<_, i64>(5)? as u32,
-                        events_oid: row.get::<_, i64>(6)? as u32,
+                        system_identifier: row.get(2)?,
+                        database: row.get(3)?,
+                        database_oid: row.get::<_, i64>(4)? as u32,
+                        events_oid: row.get::<_, i64>(5)? as u32,
                     },
                 })
             })
@@ -253,13 +250,11 @@ impl Snapshot {
             ),
             Some(previous) => {
                 let age = (reference - previous) as i64;
-                let frozen_below = reference - self.frozen_age.min(AGE_LIMIT) as u64;
-                if age >= AGE_LIMIT || (self.frozen_age < AGE_LIMIT && frozen_below > previous) {
+                if age >= AGE_LIMIT {
                     if !quiet {
                         eprintln!(
-                            "export-events: VACUUM may have frozen rows written since the last \
-                             run (or it was over 2 billion transactions ago): exporting every \
-                             event this time, so none is missed"
+                            "export-events: the last run was over 2 billion transactions ago, \
+                             too far to tell its rows apart: exporting every event this time"
                         );
                     }
                     None
