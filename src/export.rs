@@ -151,7 +151,9 @@ pub fn targets(
 pub fn open(source: &Source, cwd: &Path, quiet: bool) -> Result<(Engine, Dialect, String)> {
     let (path, described) = match source {
         Source::Postgres(pg) => {
-            let engine = Engine::postgres(pg, Access::ReadOnly)?.bound_memory()?;
+            let engine = Engine::postgres(pg, Access::ReadOnly)?
+                .bound_memory()?
+                .single_threaded()?;
             let described = format!("the PostgreSQL database (settings from {})", pg.origin);
             return Ok((engine, Dialect::Postgres, described));
         }
