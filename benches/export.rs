@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser as _;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use export_events::cli::Cli;
 use export_events::export;
 
@@ -138,9 +140,11 @@ fn exports(c: &mut Criterion) {
     let total: u64 = psql(&url, "SELECT count(*) FROM events").parse().unwrap();
 
     let mut group = c.benchmark_group(format!("export_{rows}"));
+    // Whole exports take about a second: ten flat samples, not criterion's linear ramp of 55.
     group
         .sample_size(10)
-        .measurement_time(Duration::from_secs(30));
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(15));
     let pg = ["--database-url", url.as_str()];
     let mut cases: Vec<(String, Vec<String>, u64)> = ["csv", "parquet", "both"]
         .into_iter()

@@ -60,6 +60,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
         ));
     };
     let _lock = lock(&state_target.path)?;
+    sink::remove_abandoned_temporaries(&state_target.path)?;
     let previous = if args.reset_state {
         None
     } else {
@@ -108,6 +109,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
         sink::commit_all(files)?;
         targets.into_iter().map(|(t, _)| t.path).collect()
     } else {
+        drop(files); // removes the temporary files before `pending` forgets them
         Vec::new()
     };
     state.horizon = Some(snapshot.horizon);
@@ -122,8 +124,12 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
     Ok(Exported { rows, paths })
 }
 
-/// Removes what an interrupted run may have written: its rows are exported again.
+/// Removes what an interrupted run may have written, finished or not: its rows are exported
+/// again. The lock is held, so no other run is writing these files.
 fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
+    for path in pending.iter().map(Path::new) {
+        sink::remove_abandoned_temporaries(path)?;
+    }
     for path in pending.iter().map(Path::new).filter(|p| p.exists()) {
         if !quiet {
             eprintln!(

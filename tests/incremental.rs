@@ -244,6 +244,14 @@ fn check_under_concurrency(label: &str, mut exporter: impl FnMut(&Path, &TestDb)
     });
     assert_eq!(table.len(), expected.len(), "same ids");
     assert!(table == expected, "replaying the files gives the table");
+    // Runs after a killed one removed the partial files it left.
+    for folder in ["out", "exports"] {
+        let partial: Vec<String> = files_in(&dir.path().join(folder))
+            .into_iter()
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(partial.is_empty(), "{folder}: {partial:?}");
+    }
     let ledger = ledger.lock().unwrap();
     assert!(
         ledger.committed.len() > 100

@@ -159,8 +159,8 @@ impl AtomicFile {
             .map(|m| m.permissions())
             .unwrap_or_else(|_| Permissions::from_mode(0o666));
         let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+            .prefix(&temp_prefix(&name))
+            .suffix(TEMP_SUFFIX)
             .permissions(permissions)
             .tempfile_in(folder)
             .with_context(|| format!("creating a file in {}", folder.display()))?;
@@ -178,6 +178,36 @@ impl AtomicFile {
             .and_then(|()| self.temp.as_file().sync_all())
             .with_context(|| format!("writing {}", self.target.display()))
     }
+}
+
+/// Temporary files are `.{name}.XXXXXX.tmp` beside the target `name`.
+const TEMP_SUFFIX: &str = ".tmp";
+
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.")
+}
+
+/// Removes the temporary files a killed process (SIGKILL, power loss) left for `target`; only
+/// for callers that know no other process is writing it. Returns how many there were.
+pub fn remove_abandoned_temporaries(target: &Path) -> Result<usize> {
+    let (Some(folder), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(0);
+    };
+    let prefix = temp_prefix(&name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file.starts_with(&prefix) && file.ends_with(TEMP_SUFFIX) {
+            let path = entry.path();
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Syncs every file, then renames each over its target; when a rename fails, the targets
@@ -301,6 +331,28 @@ mod tests {
         assert!(err.0.contains("does not exist"), "{err}");
         let err = Target::resolve(Some(Path::new(".")), "d.csv", dir.path()).unwrap_err();
         assert!(err.0.contains("is a folder"), "{err}");
+    }
+
+    #[test]
+    fn abandoned_temporaries_of_one_target_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::resolve(Some(Path::new("a.csv")), "d.csv", dir.path()).unwrap();
+        let mut left = AtomicFile::create(&target).unwrap();
+        left.write_all(b"partial").unwrap();
+        std::mem::forget(left); // as if the process had been killed
+        std::fs::write(dir.path().join(".b.csv.x.tmp"), "other").unwrap();
+        assert_eq!(remove_abandoned_temporaries(&target.path).unwrap(), 1);
+        assert_eq!(files(dir.path()), [".b.csv.x.tmp"]);
+        lock_pending().clear();
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
