@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Create the rules and events tables and fill them with deterministic synthetic events.
     Generate(GenerateArgs),
+    /// Write the inserts, updates and deletes of events (and rule renames) from a logical
+    /// replication slot to change files, in commit order, resumable.
+    Changes(ChangesArgs),
 }
 
 /// The export: the original command's flags plus where the rows come from.
@@ -141,6 +144,63 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// `changes`: the change feed.
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// Replication slot to read (also the name of its publication): lower-case letters, digits
+    /// and underscores.
+    #[arg(long, value_name = "NAME")]
+    pub slot: String,
+
+    /// Create the publication and the slot, print the LSN an initial export must follow, and
+    /// stop.
+    #[arg(long, conflicts_with_all = ["status", "drop_slot"])]
+    pub create_slot: bool,
+
+    /// Show how far behind the slot is and how much WAL it keeps, and stop.
+    #[arg(long, conflicts_with = "drop_slot")]
+    pub status: bool,
+
+    /// Drop the slot and its publication, and stop.
+    #[arg(long)]
+    pub drop_slot: bool,
+
+    /// Folder of the change files (created when missing).
+    #[arg(long, short, value_name = "DIR", default_value = "exports/changes")]
+    pub output: PathBuf,
+
+    /// Format of the change files.
+    #[arg(long, value_enum, default_value_t = ChangeFormat::Csv)]
+    pub format: ChangeFormat,
+
+    /// Changes per file at most (whole transactions: a larger one gets a file of its own).
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_changes: u64,
+
+    /// Keep reading until SIGINT/SIGTERM, writing what arrived every --flush-interval.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// Seconds between files with --follow.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub flush_interval: u64,
+
+    /// PostgreSQL connection: a postgres:// URL or a libpq "key=value" string.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// No notices on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Formats of change files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChangeFormat {
+    Csv,
+    Parquet,
 }
 
 /// Where `generate` writes: exactly one of these.

@@ -5,6 +5,7 @@
 //! user asked for, [`engine`] opens the source, [`query`] builds the SQL, [`sink`] writes the
 //! files atomically, [`progress`] shows how far it got, [`export`] ties them together and reports. [`generate`] makes fixtures.
 
+pub mod changes;
 pub mod cli;
 pub mod engine;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod state;
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match &cli.command {
         Some(cli::Command::Generate(args)) => generate::run(args),
+        Some(cli::Command::Changes(args)) => changes::run(args),
         None => export::run(&cli.export),
     }
 }

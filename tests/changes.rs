@@ -1,0 +1,271 @@
+//! The change feed against a PostgreSQL with wal_level = logical (`scripts/postgres-up` sets
+//! it): an initial export at the slot's LSN, then inserts, acknowledged flips, deletes, a rule
+//! rename, a rolled-back transaction and a large transaction; replaying the change files on the
+//! initial export must give the final table. Also under SIGKILL, and the slot's lifecycle.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+/// A slot (and its publication) on a test database, dropped at the end of the test even when it
+/// fails: a forgotten slot keeps WAL on the server for ever.
+struct Slot<'a> {
+    db: &'a TestDb,
+    name: String,
+}
+
+impl<'a> Slot<'a> {
+    fn create(db: &'a TestDb, dir: &Path) -> Self {
+        let slot = Self {
+            db,
+            name: db.name.to_lowercase(),
+        };
+        let run = changes(dir, &slot, &["--create-slot"]).success();
+        assert!(
+            run.stdout
+                .starts_with(&format!("Created slot {} at LSN ", slot.name)),
+            "{run}"
+        );
+        slot
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-X", "-q", "-d", &self.db.url(), "-c"])
+            .arg(format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = '{0}'; DROP PUBLICATION IF EXISTS {0}",
+                self.name
+            ))
+            .output();
+    }
+}
+
+fn changes(dir: &Path, slot: &Slot, args: &[&str]) -> Run {
+    Run::of(
+        export_events(dir)
+            .args([
+                "changes",
+                "--slot",
+                &slot.name,
+                "--database-url",
+                &slot.db.url(),
+            ])
+            .args(args),
+    )
+}
+
+/// The table as the export writes it, by id.
+fn table(dir: &Path, db: &TestDb, name: &str) -> BTreeMap<i64, Vec<String>> {
+    Run::of(export_events(dir).args(["-q", "--database-url", &db.url(), "-o", name])).success();
+    let mut reader = csv::Reader::from_path(dir.join(name)).unwrap();
+    reader
+        .records()
+        .map(|r| {
+            let row: Vec<String> = r.unwrap().iter().map(str::to_owned).collect();
+            (row[0].parse().unwrap(), row)
+        })
+        .collect()
+}
+
+/// Applies every change file of `folder`, in name order, to `rows`; returns the changes seen as
+/// (lsn, op, id), to check that none repeats.
+fn replay(folder: &Path, rows: &mut BTreeMap<i64, Vec<String>>) -> Vec<(String, String, i64)> {
+    let mut seen = Vec::new();
+    for name in files_in(folder).iter().filter(|n| n.ends_with(".csv")) {
+        let mut reader = csv::Reader::from_path(folder.join(name)).unwrap();
+        for record in reader.records() {
+            let record = record.unwrap();
+            let (lsn, op) = (record[0].to_owned(), record[3].to_owned());
+            let event: Vec<String> = record.iter().skip(4).map(str::to_owned).collect();
+            let id: i64 = event[0].parse().unwrap();
+            match op.as_str() {
+                "insert" | "update" => {
+                    rows.insert(id, event);
+                }
+                "delete" => {
+                    rows.remove(&id);
+                }
+                other => panic!("unknown op {other}"),
+            }
+            seen.push((lsn, op, id));
+        }
+    }
+    seen
+}
+
+const WRITES: &[&str] = &[
+    "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, trigger_telemetry_id) \
+     VALUES ('2026-03-01 00:00:00.25+00', now(), 4, false, 7), ('2020-01-01 00:00:00+00', now(), 1, true, NULL)",
+    "UPDATE events SET acknowledged = NOT acknowledged WHERE id IN (3, 7)",
+    "DELETE FROM events WHERE id IN (4, 9)",
+    "UPDATE rules SET name = 'Renamed, \"again\"' WHERE id = 5",
+    "BEGIN; INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+     VALUES (now(), now(), 2, false); ROLLBACK",
+    "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, trigger_device_id) \
+     SELECT now() - i * interval '1 second', now(), 1 + i % 10, i % 3 = 0, i FROM generate_series(1, 5000) AS i",
+    "UPDATE events SET acknowledged = true WHERE id % 7 = 0",
+    "DELETE FROM events WHERE id % 11 = 0",
+];
+
+#[test]
+fn replaying_change_files_on_the_initial_export_gives_the_table() {
+    let db = TestDb::sample("chg_replay");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    let mut rows = table(dir.path(), &db, "initial.csv");
+    for sql in WRITES {
+        db.sql(sql);
+    }
+    let run = changes(dir.path(), &slot, &["--max-changes", "1000"]).success();
+    assert!(run.stdout.starts_with("Wrote "), "{run}");
+    let folder = dir.path().join("exports/changes");
+    assert!(files_in(&folder).len() > 1, "--max-changes splits the feed");
+    let seen = replay(&folder, &mut rows);
+    assert!(
+        rows == table(dir.path(), &db, "final.csv"),
+        "replay gives the table"
+    );
+    assert!(seen.iter().any(|(_, op, _)| op == "delete"));
+    let ids: BTreeSet<i64> = seen.iter().map(|s| s.2).collect();
+    assert!(ids.len() > 5000, "the large transaction came");
+    // Nothing new: no file, and the slot has been confirmed up to the end.
+    let again = changes(dir.path(), &slot, &[]).success();
+    assert_eq!(
+        again.stdout.lines().next().unwrap(),
+        format!("Wrote 0 changes to {}", folder.display())
+    );
+    let status = changes(dir.path(), &slot, &["--status"]).success();
+    assert!(status.stdout.contains("bytes of WAL retained"), "{status}");
+}
+
+#[test]
+fn a_killed_feed_rewrites_the_same_files_and_loses_nothing() {
+    let db = TestDb::sample("chg_kill");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    let mut rows = table(dir.path(), &db, "initial.csv");
+    for sql in WRITES {
+        db.sql(sql);
+    }
+    let mut kills = 0;
+    for i in 0..30u64 {
+        let mut child = export_events(dir.path())
+            .args(["changes", "--slot", &slot.name, "--database-url", &db.url()])
+            .args(["--max-changes", "500", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + (i * 37) % 200));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        if i % 3 == 0 {
+            db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 13 = 0");
+        }
+    }
+    assert!(kills >= 5, "killed {kills} times");
+    changes(dir.path(), &slot, &["-q"]).success();
+    let folder = dir.path().join("exports/changes");
+    let seen = replay(&folder, &mut rows);
+    assert!(
+        rows == table(dir.path(), &db, "final.csv"),
+        "replay gives the table"
+    );
+    let unique: BTreeSet<&(String, String, i64)> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no change written twice");
+    let partial: Vec<String> = files_in(&folder)
+        .into_iter()
+        .filter(|n| !n.ends_with(".csv"))
+        .collect();
+    assert!(partial.iter().all(|n| n.starts_with('.')), "{partial:?}");
+}
+
+#[test]
+fn slot_lifecycle_and_clear_errors() {
+    let db = TestDb::sample("chg_life");
+    let dir = scratch();
+    let missing = Slot {
+        db: &db,
+        name: "ee_no_such_slot".into(),
+    };
+    changes(dir.path(), &missing, &[]).failure(1, "create it with --create-slot");
+    Run::of(export_events(dir.path()).args(["changes", "--slot", "Bad-Name"]))
+        .failure(2, "lower-case letters");
+    let slot = Slot::create(&db, dir.path());
+    changes(dir.path(), &slot, &["--create-slot"]).failure(1, "already exists");
+    // A role that may read the tables but not use replication slots.
+    let role = format!("ee_norepl_{}", std::process::id());
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT SELECT ON events, rules TO {role}"
+    ));
+    let url = db.url().replace("postgres@", &format!("{role}@"));
+    let run = Run::of(export_events(dir.path()).args([
+        "changes",
+        "--slot",
+        &slot.name,
+        "--database-url",
+        &url,
+    ]));
+    db.sql(&format!("DROP OWNED BY {role}; DROP ROLE {role}"));
+    run.failure(1, "ALTER ROLE <role> REPLICATION");
+    let dropped = changes(dir.path(), &slot, &["--drop-slot"]).success();
+    assert!(dropped.stdout.starts_with("Dropped slot"), "{dropped}");
+    changes(dir.path(), &slot, &["--status"]).failure(1, "does not exist");
+}
+
+#[test]
+fn follow_writes_as_changes_arrive_and_stops_cleanly_on_sigterm() {
+    let db = TestDb::sample("chg_follow");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    let child = export_events(dir.path())
+        .args(["changes", "--slot", &slot.name, "--database-url", &db.url()])
+        .args(["--follow", "--flush-interval", "1", "-q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let folder = dir.path().join("exports/changes");
+    for round in 0..3 {
+        db.sql(&format!(
+            "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+             SELECT now(), now(), 1, false FROM generate_series(1, {})",
+            round + 1
+        ));
+        std::thread::sleep(Duration::from_millis(1_300));
+    }
+    let written = files_in(&folder).len();
+    assert!(written >= 2, "a file per flush interval, got {written}");
+    db.sql("INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) VALUES (now(), now(), 2, true)");
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("Wrote 7 changes to "), "{stdout}");
+    let mut rows = BTreeMap::new();
+    let seen = replay(&folder, &mut rows);
+    assert_eq!(
+        seen.len(),
+        7,
+        "every insert once, the last one flushed at the stop"
+    );
+}
