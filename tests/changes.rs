@@ -186,7 +186,7 @@ fn a_killed_feed_rewrites_the_same_files_and_loses_nothing() {
     assert_eq!(unique.len(), seen.len(), "no change written twice");
     let partial: Vec<String> = files_in(&folder)
         .into_iter()
-        .filter(|n| !n.ends_with(".csv"))
+        .filter(|n| !n.ends_with(".csv") && !n.ends_with(".slot.json"))
         .collect();
     assert!(partial.iter().all(|n| n.starts_with('.')), "{partial:?}");
 }
@@ -268,4 +268,75 @@ fn follow_writes_as_changes_arrive_and_stops_cleanly_on_sigterm() {
         7,
         "every insert once, the last one flushed at the stop"
     );
+}
+
+#[test]
+fn parquet_change_files_are_typed() {
+    use arrow::array::{Array as _, AsArray as _};
+    use arrow::datatypes::{DataType, Int64Type};
+
+    let db = TestDb::sample("chg_parquet");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    db.sql(
+        "INSERT INTO events (id, \"timestamp\", created_at, rule_id, acknowledged) \
+         VALUES (100, '2026-05-01 10:00:00.123456+00', now(), 1, true), \
+                (101, '2026-05-01 10:00:01+00', now(), 2, false); \
+         DELETE FROM events WHERE id = 100",
+    );
+    changes(dir.path(), &slot, &["--format", "parquet", "-q"]).success();
+    let folder = dir.path().join("exports/changes");
+    let names: Vec<String> = files_in(&folder)
+        .into_iter()
+        .filter(|n| n.starts_with("changes_"))
+        .collect();
+    assert!(
+        names.len() == 1 && names[0].ends_with(".parquet"),
+        "{names:?}"
+    );
+    let file = std::fs::File::open(folder.join(&names[0])).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let batch = &batches[0];
+    let schema = batch.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "lsn",
+            "commit_time",
+            "xid",
+            "op",
+            "id",
+            "timestamp",
+            "rule",
+            "acknowledged",
+            "trigger_telemetry_id",
+            "trigger_device_id"
+        ]
+    );
+    assert!(
+        matches!(schema.field(5).data_type(), DataType::Timestamp(_, Some(tz)) if &**tz == "UTC")
+    );
+    let ops: Vec<&str> = batch
+        .column(3)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(ops, ["insert", "insert", "delete"]);
+    let ids: Vec<i64> = batch
+        .column(4)
+        .as_primitive::<Int64Type>()
+        .values()
+        .to_vec();
+    assert_eq!(ids, [100, 101, 100]);
+    let stamps = batch
+        .column(5)
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    assert_eq!(stamps.value(0), 1_777_629_600_123_456);
+    assert!(stamps.is_null(2), "a delete carries the id only");
 }

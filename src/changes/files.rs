@@ -88,51 +88,129 @@ pub fn remove_unconfirmed(folder: &Path, from: Lsn) -> Result<()> {
     Ok(())
 }
 
-/// Writes `changes` to `path`, durably, replacing what a crashed run left there.
-pub fn write(path: &Path, changes: &[Change], format: ChangeFormat) -> Result<()> {
-    let target = Target::resolve(Some(path), "", Path::new("/"))?;
-    let mut file = AtomicFile::create(&target)?;
-    match format {
-        ChangeFormat::Csv => write_csv(&mut file, changes),
-        ChangeFormat::Parquet => write_parquet(&mut file, changes),
-    }
-    .with_context(|| format!("writing {}", path.display()))?;
-    sink::commit_all(vec![file])
+/// Changes per Parquet row batch.
+const PARQUET_BATCH: usize = 65_536;
+
+/// A change file being written as the changes stream in: memory stays flat whatever the size
+/// of a transaction. Its name, which needs the end LSN, is given at [`Self::finish`].
+pub struct ChangeFile {
+    writer: Writer,
+    folder: PathBuf,
+    from: Lsn,
+    format: ChangeFormat,
+    rows: u64,
 }
 
-fn write_csv(file: &mut AtomicFile, changes: &[Change]) -> Result<()> {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(std::io::BufWriter::new(file));
-    w.write_record(columns())?;
-    let mut time = Vec::new();
-    let mut stamp = Vec::new();
-    for c in changes {
-        time.clear();
-        push_timestamp(&mut time, c.commit_time);
-        stamp.clear();
-        if let Some(t) = c.timestamp {
-            push_timestamp(&mut stamp, t);
-        }
-        let int = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
-        w.write_record([
-            c.lsn.to_string().as_bytes(),
-            &time,
-            c.xid.to_string().as_bytes(),
-            c.op.name().as_bytes(),
-            c.id.to_string().as_bytes(),
-            &stamp,
-            c.rule.as_deref().unwrap_or("").as_bytes(),
-            c.acknowledged.map_or(&b""[..], boolean),
-            int(c.telemetry).as_bytes(),
-            int(c.device).as_bytes(),
-        ])?;
+enum Writer {
+    Csv(Box<csv::Writer<std::io::BufWriter<AtomicFile>>>),
+    Parquet {
+        writer: Box<ArrowWriter<AtomicFile>>,
+        pending: Vec<Change>,
+    },
+}
+
+impl ChangeFile {
+    /// Starts the file of the changes from `from`.
+    pub fn create(folder: &Path, from: Lsn, format: ChangeFormat) -> Result<Self> {
+        // A provisional name: the temporary file starts with `.changes_<from>_`, which
+        // `remove_unconfirmed` knows.
+        let provisional = path(folder, from, Lsn(0), format);
+        let target = Target::resolve(Some(&provisional), "", Path::new("/"))?;
+        let file = AtomicFile::create(&target)?;
+        let writer = match format {
+            ChangeFormat::Csv => {
+                let mut w = csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::CRLF)
+                    .from_writer(std::io::BufWriter::with_capacity(1 << 20, file));
+                w.write_record(columns())?;
+                Writer::Csv(Box::new(w))
+            }
+            ChangeFormat::Parquet => Writer::Parquet {
+                writer: Box::new(ArrowWriter::try_new(file, schema(), None)?),
+                pending: Vec::with_capacity(PARQUET_BATCH),
+            },
+        };
+        Ok(Self {
+            writer,
+            folder: folder.to_owned(),
+            from,
+            format,
+            rows: 0,
+        })
     }
-    w.flush()?;
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn push(&mut self, change: Change) -> Result<()> {
+        self.rows += 1;
+        match &mut self.writer {
+            Writer::Csv(w) => write_csv_row(w, &change),
+            Writer::Parquet { writer, pending } => {
+                pending.push(change);
+                if pending.len() == PARQUET_BATCH {
+                    writer.write(&record_batch(pending)?)?;
+                    pending.clear();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Completes the file as the changes up to `to`, durably; `None` (and no file) when no
+    /// change was pushed.
+    pub fn finish(self, to: Lsn) -> Result<Option<PathBuf>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let path = path(&self.folder, self.from, to, self.format);
+        let mut file = match self.writer {
+            Writer::Csv(w) => w
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .into_inner()
+                .map_err(|e| e.into_error())?,
+            Writer::Parquet {
+                mut writer,
+                pending,
+            } => {
+                if !pending.is_empty() {
+                    writer.write(&record_batch(&pending)?)?;
+                }
+                writer.into_inner()?
+            }
+        };
+        file.retarget(&path);
+        sink::commit_all(vec![file]).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Some(path))
+    }
+}
+
+fn write_csv_row(w: &mut csv::Writer<impl std::io::Write>, c: &Change) -> Result<()> {
+    let mut time = Vec::new();
+    push_timestamp(&mut time, c.commit_time);
+    let mut stamp = Vec::new();
+    if let Some(t) = c.timestamp {
+        push_timestamp(&mut stamp, t);
+    }
+    let int = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    w.write_record([
+        c.lsn.to_string().as_bytes(),
+        &time,
+        c.xid.to_string().as_bytes(),
+        c.op.name().as_bytes(),
+        c.id.to_string().as_bytes(),
+        &stamp,
+        c.rule.as_deref().unwrap_or("").as_bytes(),
+        c.acknowledged.map_or(&b""[..], boolean),
+        int(c.telemetry).as_bytes(),
+        int(c.device).as_bytes(),
+    ])?;
     Ok(())
 }
 
-fn write_parquet(file: &mut AtomicFile, changes: &[Change]) -> Result<()> {
+fn schema() -> Arc<Schema> {
     let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let types = [
         (DataType::Utf8, false),
@@ -146,38 +224,38 @@ fn write_parquet(file: &mut AtomicFile, changes: &[Change]) -> Result<()> {
         (DataType::Int64, true),
         (DataType::Int64, true),
     ];
-    let schema = Arc::new(Schema::new(
+    Arc::new(Schema::new(
         columns()
             .zip(types)
             .map(|(name, (ty, nullable))| Field::new(name, ty, nullable))
             .collect::<Vec<_>>(),
-    ));
+    ))
+}
+
+fn record_batch(changes: &[Change]) -> Result<RecordBatch> {
     let ints = |f: fn(&Change) -> Option<i64>| -> ArrayRef {
         Arc::new(changes.iter().map(f).collect::<Int64Array>())
+    };
+    let times = |f: fn(&Change) -> Option<i64>| -> ArrayRef {
+        Arc::new(
+            changes
+                .iter()
+                .map(f)
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        )
     };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             changes.iter().map(|c| c.lsn.to_string()),
         )),
-        Arc::new(
-            changes
-                .iter()
-                .map(|c| Some(c.commit_time))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
+        times(|c| Some(c.commit_time)),
         ints(|c| Some(i64::from(c.xid))),
         Arc::new(StringArray::from_iter_values(
             changes.iter().map(|c| c.op.name()),
         )),
         ints(|c| Some(c.id)),
-        Arc::new(
-            changes
-                .iter()
-                .map(|c| c.timestamp)
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
+        times(|c| c.timestamp),
         Arc::new(
             changes
                 .iter()
@@ -193,9 +271,5 @@ fn write_parquet(file: &mut AtomicFile, changes: &[Change]) -> Result<()> {
         ints(|c| c.telemetry),
         ints(|c| c.device),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let mut writer = ArrowWriter::try_new(file, schema, None)?;
-    writer.write(&batch)?;
-    writer.close()?;
-    Ok(())
+    Ok(RecordBatch::try_new(schema(), columns)?)
 }

@@ -39,8 +39,9 @@ pub fn run(args: &ChangesArgs) -> Result<()> {
         pg: &pg,
         slot: &args.slot,
     };
+    let folder = cwd.join(&args.output);
     if args.create_slot {
-        return feed.create();
+        return feed.create(&folder);
     }
     feed.require_slot()?;
     if args.drop_slot {
@@ -49,7 +50,6 @@ pub fn run(args: &ChangesArgs) -> Result<()> {
     if args.status {
         return feed.status();
     }
-    let folder = cwd.join(&args.output);
     std::fs::create_dir_all(&folder)
         .with_context(|| format!("creating folder {}", folder.display()))?;
     let stop = stop_on_signal(args.follow)?;
@@ -111,8 +111,9 @@ struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    /// The publication of both tables, then the slot; prints its LSN.
-    fn create(&self) -> Result<()> {
+    /// The publication of both tables, then the slot; prints its LSN and records it in
+    /// `<folder>/<slot>.slot.json`.
+    fn create(&self, folder: &Path) -> Result<()> {
         let exists = self.query_i64(&format!(
             "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
             self.slot
@@ -127,6 +128,18 @@ impl Feed<'_> {
             "SELECT lsn::text FROM pg_create_logical_replication_slot('{}', 'pgoutput')",
             self.slot
         ))?;
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("creating folder {}", folder.display()))?;
+        let record = folder.join(format!("{}.slot.json", self.slot));
+        let text = serde_json::json!({
+            "slot": self.slot,
+            "publication": self.slot,
+            "created_at_lsn": lsn,
+            "created_at": chrono::Utc::now().to_rfc3339(),
+            "initial_export": "take it after this LSN; replay the change files on it",
+        });
+        std::fs::write(&record, format!("{text:#}\n"))
+            .with_context(|| format!("writing {}", record.display()))?;
         println!(
             "Created slot {} at LSN {lsn}: take the initial export now; replaying the change \
              files on it gives the table (changes from {lsn} on may be in both, and replay the \
@@ -197,21 +210,22 @@ impl Feed<'_> {
         loop {
             let from = self.confirmed()?;
             files::remove_unconfirmed(folder, from)?;
-            let batch = stream::read(self, args.max_changes)?;
+            let mut file = files::ChangeFile::create(folder, from, args.format)?;
+            let batch = stream::read(self, &mut file, args.max_changes)?;
             let Some(to) = batch.end else {
                 return Ok(total);
             };
-            let path = files::path(folder, from, to, args.format);
-            files::write(&path, &batch.changes, args.format)?;
+            let rows = file.rows();
+            let written = file.finish(to)?;
+            // Only now that the file is durable: from here on PostgreSQL may forget them.
             self.query_text(&format!(
                 "SELECT pg_replication_slot_advance('{}', '{to}')::text",
                 self.slot
             ))?;
-            total += batch.changes.len() as u64;
-            if !args.quiet {
+            total += rows;
+            if let (Some(path), false) = (written, args.quiet) {
                 eprintln!(
-                    "export-events: {} changes ({from} to {to}) in {}",
-                    batch.changes.len(),
+                    "export-events: {rows} changes ({from} to {to}) in {}",
                     path.display()
                 );
             }

@@ -10,24 +10,24 @@ use arrow::array::AsArray as _;
 use chrono::DateTime;
 use duckdb::Connection;
 
-use super::files::{Change, Op};
+use super::files::{Change, ChangeFile, Op};
 use super::pgoutput::{decode, Lsn, Message, Relation, Value};
 use super::{passed_through, Feed};
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const POSTGRES_EPOCH: i64 = 946_684_800_000_000;
 
-/// Changes of whole transactions, and the LSN to confirm once they are written.
+/// What a read found: the LSN to confirm once its changes are written.
 pub struct Batch {
-    pub changes: Vec<Change>,
     /// End of the last transaction read; `None` when there was nothing.
     pub end: Option<Lsn>,
     /// Whether the limit was reached (more may be waiting).
     pub full: bool,
 }
 
-/// Peeks up to about `max` messages (whole transactions) and decodes them as they stream in.
-pub fn read(feed: &Feed, max: u64) -> Result<Batch> {
+/// Peeks up to about `max` messages (whole transactions), decodes them as they stream in, and
+/// writes their changes of events to `out`.
+pub fn read(feed: &Feed, out: &mut ChangeFile, max: u64) -> Result<Batch> {
     let sql = format!(
         "SELECT data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, {max}, \
          'proto_version', '1', 'publication_names', '{slot}')",
@@ -39,11 +39,11 @@ pub fn read(feed: &Feed, max: u64) -> Result<Batch> {
         lookups: &lookups,
         rules: rule_names(&lookups)?,
         relations: HashMap::new(),
-        transaction: Vec::new(),
+        out,
+        lsn: Lsn::default(),
         xid: 0,
         commit_time: 0,
         batch: Batch {
-            changes: Vec::new(),
             end: None,
             full: false,
         },
@@ -77,8 +77,9 @@ struct Decoder<'a> {
     lookups: &'a Connection,
     rules: HashMap<i64, String>,
     relations: HashMap<u32, Relation>,
-    /// Changes of the open transaction, without their commit LSN yet.
-    transaction: Vec<Change>,
+    out: &'a mut ChangeFile,
+    /// The commit LSN of the open transaction (Begin announces it).
+    lsn: Lsn,
     xid: u32,
     commit_time: i64,
     batch: Batch,
@@ -88,22 +89,15 @@ impl Decoder<'_> {
     fn message(&mut self, message: Message) -> Result<()> {
         match message {
             Message::Begin {
-                commit_time, xid, ..
+                final_lsn,
+                commit_time,
+                xid,
             } => {
+                self.lsn = final_lsn;
                 self.xid = xid;
                 self.commit_time = commit_time + POSTGRES_EPOCH;
             }
-            Message::Commit {
-                commit_lsn,
-                end_lsn,
-                ..
-            } => {
-                for mut change in self.transaction.drain(..) {
-                    change.lsn = commit_lsn;
-                    self.batch.changes.push(change);
-                }
-                self.batch.end = Some(end_lsn);
-            }
+            Message::Commit { end_lsn, .. } => self.batch.end = Some(end_lsn),
             Message::Relation(relation) => {
                 self.relations.insert(relation.oid, relation);
             }
@@ -128,7 +122,7 @@ impl Decoder<'_> {
         match relation.name.as_str() {
             "events" => {
                 let change = self.event(op, &columns)?;
-                self.transaction.push(change);
+                self.out.push(change)?;
             }
             "rules" if op != Op::Delete => {
                 let id = columns.int("id")?.context("a rule without id")?;
@@ -148,7 +142,7 @@ impl Decoder<'_> {
             .int("rule_id")?
             .and_then(|id| self.rules.get(&id).cloned());
         Ok(Change {
-            lsn: Lsn::default(),
+            lsn: self.lsn,
             commit_time: self.commit_time,
             xid: self.xid,
             op,
@@ -181,8 +175,8 @@ impl Decoder<'_> {
         let name = self.rules.get(&id).cloned();
         for row in rows {
             let (event, timestamp, acknowledged, telemetry, device) = row?;
-            self.transaction.push(Change {
-                lsn: Lsn::default(),
+            self.out.push(Change {
+                lsn: self.lsn,
                 commit_time: self.commit_time,
                 xid: self.xid,
                 op: Op::Update,
@@ -192,7 +186,7 @@ impl Decoder<'_> {
                 acknowledged: Some(acknowledged),
                 telemetry,
                 device,
-            });
+            })?;
         }
         Ok(())
     }

@@ -172,6 +172,12 @@ impl AtomicFile {
         })
     }
 
+    /// Puts the finished file at `target` instead (a name known only at the end), in the same
+    /// folder as the temporary file.
+    pub fn retarget(&mut self, target: &Path) {
+        self.target = target.to_owned();
+    }
+
     fn sync(&mut self) -> Result<()> {
         self.temp
             .flush()
