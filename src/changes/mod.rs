@@ -270,28 +270,30 @@ impl Feed<'_> {
 
     /// PostgreSQL's reason, with what to change when it is a setting or a privilege.
     fn explain(&self, error: &str) -> anyhow::Error {
-        let error = self.pg.redact(error);
-        let first = error.lines().next().unwrap_or(&error).to_owned();
-        if error.contains("wal_level") {
-            return anyhow!(
-                "logical decoding is off on this server ({first}): set wal_level = logical \
-                 (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL"
-            );
-        }
-        if error.contains("replication role") || error.contains("REPLICATION attribute") {
-            return anyhow!(
-                "this role may not use replication slots ({first}): ALTER ROLE <role> \
-                 REPLICATION, as a superuser"
-            );
-        }
-        if error.contains("does not exist") && error.contains(self.slot) {
-            return anyhow!(
-                "slot {} does not exist ({first}): create it with --create-slot",
-                self.slot
-            );
-        }
-        anyhow!("{first}")
+        anyhow!(explain(&self.pg.redact(error), self.slot))
     }
+}
+
+/// PostgreSQL's reason (first line), with what to change when it is a setting, a privilege or
+/// a missing slot.
+fn explain(error: &str, slot: &str) -> String {
+    let first = error.lines().next().unwrap_or(error);
+    if error.contains("wal_level") {
+        return format!(
+            "logical decoding is off on this server ({first}): set wal_level = logical \
+             (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL"
+        );
+    }
+    if error.contains("replication role") || error.contains("REPLICATION attribute") {
+        return format!(
+            "this role may not use replication slots ({first}): ALTER ROLE <role> \
+             REPLICATION, as a superuser"
+        );
+    }
+    if error.contains("does not exist") && error.contains(slot) {
+        return format!("slot {slot} does not exist ({first}): create it with --create-slot");
+    }
+    first.to_owned()
 }
 
 /// A PostgreSQL query run through DuckDB.
@@ -300,4 +302,44 @@ fn passed_through(sql: &str) -> String {
         "SELECT * FROM postgres_query('{CATALOG}', {})",
         literal(sql)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_say_what_to_change() {
+        // PostgreSQL 15's wording for each case.
+        let wal = explain("ERROR: logical decoding requires wal_level >= logical", "s");
+        assert!(
+            wal.contains("ALTER SYSTEM SET wal_level = logical"),
+            "{wal}"
+        );
+        let role = explain(
+            "ERROR: must be superuser or replication role to use replication slots",
+            "s",
+        );
+        assert!(role.contains("ALTER ROLE <role> REPLICATION"), "{role}");
+        let slot = explain(
+            "ERROR: replication slot \"nightly\" does not exist",
+            "nightly",
+        );
+        assert!(slot.contains("create it with --create-slot"), "{slot}");
+        assert_eq!(explain("ERROR: other\ndetail", "s"), "ERROR: other");
+    }
+
+    #[test]
+    fn slot_names_are_checked_before_reaching_sql() {
+        assert!(check_slot_name("nightly_2").is_ok());
+        for bad in [
+            "",
+            "Nightly",
+            "a-b",
+            "x'; DROP TABLE events; --",
+            &"a".repeat(64),
+        ] {
+            assert!(check_slot_name(bad).is_err(), "{bad}");
+        }
+    }
 }
