@@ -340,3 +340,31 @@ fn parquet_change_files_are_typed() {
     assert_eq!(stamps.value(0), 1_777_629_600_123_456);
     assert!(stamps.is_null(2), "a delete carries the id only");
 }
+
+#[test]
+fn with_replica_identity_full_a_delete_carries_the_whole_row() {
+    let db = TestDb::sample("chg_full");
+    let dir = scratch();
+    db.sql("ALTER TABLE events REPLICA IDENTITY FULL");
+    let slot = Slot::create(&db, dir.path());
+    let before = table(dir.path(), &db, "before.csv");
+    db.sql("DELETE FROM events WHERE id = 3");
+    changes(dir.path(), &slot, &["-q"]).success();
+    let folder = dir.path().join("exports/changes");
+    let name = files_in(&folder)
+        .into_iter()
+        .find(|n| n.ends_with(".csv"))
+        .unwrap();
+    let mut reader = csv::Reader::from_path(folder.join(name)).unwrap();
+    let rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][3], "delete");
+    assert_eq!(
+        rows[0][4..],
+        before[&3][..],
+        "the deleted row as the export wrote it"
+    );
+}
