@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::cli::{Compression, ExportArgs, Format};
 use crate::engine::{Access, Engine};
@@ -76,17 +76,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
 
     let (engine, dialect, described) = open(&source, &cwd, args.quiet)?;
     engine.require_tables(&["events", "rules"], &described)?;
-    let progress = if progress::wanted(args.quiet) {
-        let (sql, exact) = query::total(since, dialect);
-        let rows = engine.count(&sql).context("sizing the progress bar")?;
-        Progress::start(if exact {
-            Total::Exact(rows)
-        } else {
-            Total::Estimate(rows)
-        })
-    } else {
-        Progress::hidden()
-    };
+    let progress = progress_bar(&engine, since, dialect, args.quiet)?;
     let sql = query::events(since, dialect);
     let (rows, files) = write_files(&engine, &sql, &targets, args.compression, &progress)?;
     sink::commit_all(files)?;
@@ -95,6 +85,25 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
         rows,
         paths: targets.into_iter().map(|(t, _)| t.path).collect(),
     })
+}
+
+/// The bar of an export of the events from `since`, when one is wanted.
+pub fn progress_bar(
+    engine: &Engine,
+    since: Option<DateTime<Utc>>,
+    dialect: Dialect,
+    quiet: bool,
+) -> Result<Progress> {
+    if !progress::wanted(quiet) {
+        return Ok(Progress::hidden());
+    }
+    let (sql, exact) = query::total(since, dialect);
+    let rows = engine.count(&sql).context("sizing the progress bar")?;
+    Ok(Progress::start(if exact {
+        Total::Exact(rows)
+    } else {
+        Total::Estimate(rows)
+    }))
 }
 
 /// Streams the rows of `sql` into one file per target; returns the number of rows and the

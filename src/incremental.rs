@@ -28,7 +28,7 @@ use crate::engine::Engine;
 use crate::error::UsageError;
 use crate::export::{self, Exported};
 use crate::progress::Progress;
-use crate::query::{self, Window};
+use crate::query::{self, Dialect, Window};
 use crate::settings::{self, Env, Source};
 use crate::since;
 use crate::sink::{self, Target};
@@ -97,14 +97,21 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
         .collect();
     state::save(&state_target, &state)?;
 
+    // A first run is a whole export and gets its bar; later ones are small, and sizing them
+    // would cost a second scan.
+    let progress = match window.at_most {
+        None => export::progress_bar(&engine, since, Dialect::Postgres, args.quiet)?,
+        Some(_) => Progress::hidden(),
+    };
     let (rows, files) = export::write_files(
         &engine,
         &query::changed_events(&window),
         &targets,
         args.compression,
-        &Progress::hidden(),
+        &progress,
     )?;
     run_sql(&engine, "COMMIT")?;
+    progress.finish(rows);
     let paths: Vec<PathBuf> = if rows > 0 || args.write_empty {
         sink::commit_all(files)?;
         targets.into_iter().map(|(t, _)| t.path).collect()

@@ -50,6 +50,18 @@ fn a_terminal_gets_the_bar_then_a_summary() {
         screen.contains("/~200,000 events"),
         "estimated total without --since\n{screen}"
     );
+    // An incremental first run is a whole export, with its bar; later runs are small: none.
+    let incremental = format!("--incremental --database-url {}", db.url());
+    let screen = on_a_terminal(dir.path(), &incremental);
+    assert!(
+        screen.contains("/~200,000 events") && screen.contains("Wrote "),
+        "{screen}"
+    );
+    let screen = on_a_terminal(dir.path(), &incremental);
+    assert!(
+        !screen.contains("events/s") && !screen.contains("Wrote "),
+        "{screen}"
+    );
     let screen = on_a_terminal(dir.path(), &format!("--database-url {} --quiet", db.url()));
     assert!(
         !screen.contains("events/s") && !screen.contains("Wrote"),
