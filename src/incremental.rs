@@ -222,14 +222,9 @@ impl Snapshot {
         WHERE c.oid = 'events'::regclass";
 
     fn read(engine: &Engine) -> Result<Self> {
-        let sql = format!(
-            "SELECT * FROM postgres_query('{}', {})",
-            crate::engine::CATALOG,
-            crate::engine::literal(Self::SQL)
-        );
         engine
             .connection()
-            .query_row(&sql, [], |row| {
+            .query_row(&query::in_postgres(Self::SQL), [], |row| {
                 Ok(Self {
                     horizon: row.get::<_, i64>(0)? as u64,
                     horizon_age: row.get(1)?,

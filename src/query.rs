@@ -144,11 +144,16 @@ fn filter(since: Option<DateTime<Utc>>) -> Vec<String> {
 fn passed_through(sql: String, dialect: Dialect) -> String {
     match dialect {
         Dialect::DuckDb => sql,
-        Dialect::Postgres => format!(
-            "SELECT * FROM postgres_query('{CATALOG}', {})",
-            literal(&sql)
-        ),
+        Dialect::Postgres => in_postgres(&sql),
     }
+}
+
+/// DuckDB SQL that runs `sql` in the attached PostgreSQL, as it is, and returns its rows.
+pub fn in_postgres(sql: &str) -> String {
+    format!(
+        "SELECT * FROM postgres_query('{CATALOG}', {})",
+        literal(sql)
+    )
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use crate::cli::ChangesArgs;
 use crate::engine::{literal, Access, Engine, CATALOG};
 use crate::error::UsageError;
+use crate::query::in_postgres;
 use crate::settings::{self, Env, PgConnection};
 use pgoutput::Lsn;
 
@@ -114,7 +115,7 @@ impl Feed<'_> {
     /// The publication of both tables, then the slot; prints its LSN and records it in
     /// `<folder>/<slot>.slot.json`.
     fn create(&self, folder: &Path) -> Result<()> {
-        let exists = self.query_i64(&format!(
+        let exists = self.query_one::<i64>(&format!(
             "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
             self.slot
         ))? > 0;
@@ -124,7 +125,7 @@ impl Feed<'_> {
                 self.slot
             ))?;
         }
-        let lsn = self.query_text(&format!(
+        let lsn = self.query_one::<String>(&format!(
             "SELECT lsn::text FROM pg_create_logical_replication_slot('{}', 'pgoutput')",
             self.slot
         ))?;
@@ -154,7 +155,7 @@ impl Feed<'_> {
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
             self.slot
         );
-        if self.query_i64(&sql)? == 0 {
+        if self.query_one::<i64>(&sql)? == 0 {
             bail!(
                 "slot {} does not exist on this server: create it with --create-slot",
                 self.slot
@@ -164,7 +165,7 @@ impl Feed<'_> {
     }
 
     fn drop(&self) -> Result<()> {
-        self.query_text(&format!(
+        self.query_one::<String>(&format!(
             "SELECT pg_drop_replication_slot('{}')::text",
             self.slot
         ))?;
@@ -182,7 +183,7 @@ impl Feed<'_> {
              FROM pg_replication_slots WHERE slot_name = '{}'",
             self.slot
         );
-        let row = self.query_text(&sql)?;
+        let row = self.query_one::<String>(&sql)?;
         let fields: Vec<&str> = row.split(' ').collect();
         let [active, confirmed, lag, retained] = fields[..] else {
             bail!("unexpected slot status {row:?}");
@@ -218,7 +219,7 @@ impl Feed<'_> {
             let rows = file.rows();
             let written = file.finish(to)?;
             // Only now that the file is durable: from here on PostgreSQL may forget them.
-            self.query_text(&format!(
+            self.query_one::<String>(&format!(
                 "SELECT pg_replication_slot_advance('{}', '{to}')::text",
                 self.slot
             ))?;
@@ -237,24 +238,18 @@ impl Feed<'_> {
 
     /// Where the slot's confirmed position is: the start of the next file.
     fn confirmed(&self) -> Result<Lsn> {
-        self.query_text(&format!(
+        self.query_one::<String>(&format!(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
             self.slot
         ))?
         .parse()
     }
 
-    fn query_text(&self, sql: &str) -> Result<String> {
+    /// The single value PostgreSQL's `sql` returns.
+    fn query_one<T: duckdb::types::FromSql>(&self, sql: &str) -> Result<T> {
         self.engine
             .connection()
-            .query_row(&passed_through(sql), [], |row| row.get(0))
-            .map_err(|e| self.explain(&e.to_string()))
-    }
-
-    fn query_i64(&self, sql: &str) -> Result<i64> {
-        self.engine
-            .connection()
-            .query_row(&passed_through(sql), [], |row| row.get(0))
+            .query_row(&in_postgres(sql), [], |row| row.get(0))
             .map_err(|e| self.explain(&e.to_string()))
     }
 
@@ -294,14 +289,6 @@ fn explain(error: &str, slot: &str) -> String {
         return format!("slot {slot} does not exist ({first}): create it with --create-slot");
     }
     first.to_owned()
-}
-
-/// A PostgreSQL query run through DuckDB.
-fn passed_through(sql: &str) -> String {
-    format!(
-        "SELECT * FROM postgres_query('{CATALOG}', {})",
-        literal(sql)
-    )
 }
 
 #[cfg(test)]

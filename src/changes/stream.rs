@@ -12,7 +12,8 @@ use duckdb::Connection;
 
 use super::files::{Change, ChangeFile, Op};
 use super::pgoutput::{decode, Lsn, Message, Relation, Value};
-use super::{passed_through, Feed};
+use super::Feed;
+use crate::query::in_postgres;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const POSTGRES_EPOCH: i64 = 946_684_800_000_000;
@@ -50,7 +51,7 @@ pub fn read(feed: &Feed, out: &mut ChangeFile, max: u64) -> Result<Batch> {
     };
     let messages = feed
         .engine
-        .for_each_batch(&passed_through(&sql), |batch| {
+        .for_each_batch(&in_postgres(&sql), |batch| {
             let data = batch
                 .column(0)
                 .as_binary_opt::<i32>()
@@ -67,7 +68,7 @@ pub fn read(feed: &Feed, out: &mut ChangeFile, max: u64) -> Result<Batch> {
 /// The current name of every rule.
 fn rule_names(conn: &Connection) -> Result<HashMap<i64, String>> {
     let mut statement = conn
-        .prepare(&passed_through("SELECT id::bigint, name::text FROM rules"))
+        .prepare(&in_postgres("SELECT id::bigint, name::text FROM rules"))
         .context("reading rule names")?;
     let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -162,7 +163,7 @@ impl Decoder<'_> {
              e.acknowledged, e.trigger_telemetry_id::bigint, e.trigger_device_id::bigint \
              FROM events AS e WHERE e.rule_id = {id} ORDER BY e.id"
         );
-        let mut statement = self.lookups.prepare(&passed_through(&sql))?;
+        let mut statement = self.lookups.prepare(&in_postgres(&sql))?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get(0)?,
