@@ -14,9 +14,9 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 
 use super::pgoutput::Lsn;
-use crate::cli::ChangeFormat;
+use crate::cli::{ChangeFormat, Compression};
 use crate::sink::text::{boolean, push_timestamp};
-use crate::sink::{self, AtomicFile, Target};
+use crate::sink::{self, parquet as parquet_sink, AtomicFile, Target};
 
 /// What happened to an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,11 @@ impl ChangeFile {
                 Writer::Csv(Box::new(w))
             }
             ChangeFormat::Parquet => Writer::Parquet {
-                writer: Box::new(ArrowWriter::try_new(file, schema(), None)?),
+                writer: Box::new(ArrowWriter::try_new(
+                    file,
+                    schema(),
+                    Some(parquet_sink::properties(Compression::Zstd)),
+                )?),
                 pending: Vec::with_capacity(PARQUET_BATCH),
             },
         };

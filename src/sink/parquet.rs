@@ -40,6 +40,23 @@ pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
+/// How every Parquet file of the project is encoded: the codec, row groups of about 1M rows or
+/// 128 MB, and who wrote it.
+pub fn properties(compression: Compression) -> WriterProperties {
+    let codec = match compression {
+        Compression::Zstd => Codec::ZSTD(ZstdLevel::default()),
+        Compression::Snappy => Codec::SNAPPY,
+        Compression::Gzip => Codec::GZIP(GzipLevel::default()),
+        Compression::None => Codec::UNCOMPRESSED,
+    };
+    WriterProperties::builder()
+        .set_compression(codec)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+        .set_created_by(format!("export-events {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// A Parquet file being written atomically.
 pub struct ParquetSink {
     writer: ArrowWriter<AtomicFile>,
@@ -50,23 +67,11 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Starts the file.
     pub fn create(target: &Target, compression: Compression) -> Result<Self> {
-        let codec = match compression {
-            Compression::Zstd => Codec::ZSTD(ZstdLevel::default()),
-            Compression::Snappy => Codec::SNAPPY,
-            Compression::Gzip => Codec::GZIP(GzipLevel::default()),
-            Compression::None => Codec::UNCOMPRESSED,
-        };
-        let properties = WriterProperties::builder()
-            .set_compression(codec)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
-            .set_created_by(format!("export-events {}", env!("CARGO_PKG_VERSION")))
-            .build();
         let schema = schema();
         let writer = ArrowWriter::try_new(
             AtomicFile::create(target)?,
             schema.clone(),
-            Some(properties),
+            Some(properties(compression)),
         )
         .with_context(|| format!("starting {}", target.path.display()))?;
         Ok(Self {
