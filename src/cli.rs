@@ -78,6 +78,11 @@ pub struct ExportArgs {
     #[arg(long, requires = "incremental")]
     pub reset_state: bool,
 
+    /// When another run is writing the same output (or using the same state), wait for it to
+    /// finish instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+
     /// No progress bar or notices on stderr (the success line and errors still appear).
     #[arg(long, short)]
     pub quiet: bool,
@@ -182,6 +187,10 @@ pub struct ChangesArgs {
     /// Keep reading until SIGINT/SIGTERM, writing what arrived every --flush-interval.
     #[arg(long)]
     pub follow: bool,
+
+    /// When another run is reading the same slot, wait for it to finish instead of failing.
+    #[arg(long)]
+    pub wait: bool,
 
     /// Seconds between files with --follow.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrow::record_batch::RecordBatch;
-use duckdb::{Config, Connection};
+use duckdb::Connection;
 
-use crate::extension;
 use crate::settings::PgConnection;
+use crate::{cancel, extension};
 
 /// The catalog name every source is attached under.
 pub const CATALOG: &str = "src";
@@ -69,21 +69,11 @@ impl Engine {
         Ok(self)
     }
 
-    /// A fresh in-memory DuckDB with the postgres extension loaded and PostgreSQL attached as
-    /// [`CATALOG`].
+    /// A fresh in-memory DuckDB with the postgres extension loaded (its signature checked) and
+    /// PostgreSQL attached as [`CATALOG`].
     pub fn postgres(pg: &PgConnection, access: Access) -> Result<Self> {
-        let verified = extension::default_path().filter(|path| extension::verified(path));
-        let engine = match &verified {
-            // The same file passed DuckDB's signature check before (see `extension`).
-            Some(_) => Self {
-                conn: Config::default()
-                    .allow_unsigned_extensions()
-                    .and_then(Connection::open_in_memory_with_flags)
-                    .context("starting the embedded DuckDB")?,
-            },
-            None => Self::new()?,
-        };
-        engine.load_postgres_extension(verified.as_deref())?;
+        let engine = Self::new()?;
+        engine.load_postgres_extension()?;
         engine.attach_postgres(pg, access)
     }
 
@@ -97,13 +87,9 @@ impl Engine {
             "ATTACH {} AS {CATALOG} (TYPE postgres{read_only})",
             literal(pg.conninfo())
         );
-        self.conn.execute_batch(&sql).map_err(|e| {
-            anyhow!(
-                "could not connect to PostgreSQL (settings from {}): {}",
-                pg.origin,
-                pg.redact(&e.to_string())
-            )
-        })?;
+        self.conn
+            .execute_batch(&sql)
+            .map_err(|e| anyhow!(connect_error(&pg.redact(&e.to_string()), pg.origin)))?;
         Ok(self)
     }
 
@@ -182,41 +168,32 @@ impl Engine {
             .stream_arrow([])
             .context("running the export query")?;
         let mut rows = 0u64;
+        let _watch = cancel::Watch::new(&self.conn);
         // duckdb-rs panics when fetching a later batch fails (a dropped connection, say):
         // turn that into an error, and keep its panic message off stderr.
         let _quiet = QuietFetchPanics::install();
         loop {
             let next = panic::catch_unwind(AssertUnwindSafe(|| batches.next()))
-                .map_err(|payload| anyhow!(panic_text(payload.as_ref())))
+                .map_err(|payload| anyhow!(session_error(&panic_text(payload.as_ref()))))
                 .context("reading the query result")?;
+            cancel::check()?;
             let Some(batch) = next else { return Ok(rows) };
             each(&batch)?;
+            crate::fault::point("stream.batch");
             rows += batch.num_rows() as u64;
         }
     }
 
-    /// Loads the extension file already verified, or else `LOAD postgres` (signature checked,
-    /// then recorded), else `INSTALL` then `LOAD`, else an error saying how to install it.
-    fn load_postgres_extension(&self, verified: Option<&Path>) -> Result<()> {
-        if let Some(path) = verified {
-            return self
-                .conn
-                .execute_batch(&format!("LOAD {}", literal(&path.to_string_lossy())))
-                .with_context(|| {
-                    format!("loading DuckDB's postgres extension {}", path.display())
-                });
-        }
-        let check = extension::default_path().map(|path| extension::Check::start(&path));
+    /// `LOAD postgres` (DuckDB checks its signature), else `INSTALL` then `LOAD`, else an
+    /// error saying how to install it.
+    fn load_postgres_extension(&self) -> Result<()> {
         let Err(load) = self.conn.execute_batch("LOAD postgres") else {
-            if let Some(check) = check.filter(|c| self.loaded_from(c.path())) {
-                check.passed();
-            }
             return Ok(());
         };
         let Err(install) = self.conn.execute_batch("INSTALL postgres; LOAD postgres") else {
             return Ok(());
         };
-        match check.map(|c| c.path().to_owned()).filter(|p| p.exists()) {
+        match extension::default_path().filter(|p| p.exists()) {
             Some(path) => bail!(
                 "DuckDB's postgres extension {} could not be loaded ({}): reinstall it: {}",
                 path.display(),
@@ -230,18 +207,55 @@ impl Engine {
             ),
         }
     }
+}
 
-    /// Whether the loaded postgres extension is the file at `path`.
-    fn loaded_from(&self, path: &Path) -> bool {
-        self.conn
-            .query_row(
-                "SELECT install_path FROM duckdb_extensions() \
-                 WHERE extension_name = 'postgres_scanner' AND loaded",
-                [],
-                |row| row.get::<_, String>(0),
-            )
-            .is_ok_and(|installed| Path::new(&installed) == path)
+/// Why PostgreSQL could not be reached, without the connection string DuckDB echoes (it may
+/// hold a password; `redacted` is masked anyway) and with what to check.
+fn connect_error(redacted: &str, origin: &str) -> String {
+    // DuckDB: `IO Error: Unable to connect to Postgres at "<conninfo>": <libpq's reason>`.
+    let reason = match redacted.split_once(" at \"") {
+        Some((_, rest)) => rest.split_once("\": ").map_or(rest, |(_, reason)| reason),
+        None => redacted,
+    };
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    let fix = if reason.contains("password authentication failed")
+        || reason.contains("no password supplied")
+        || reason.contains("no pg_hba.conf entry")
+    {
+        format!("check the user and password of {origin}")
+    } else if reason.contains("certificate") || reason.contains("SSL") {
+        format!("check sslmode and sslrootcert in {origin}, and the server's certificate")
+    } else {
+        format!("check the host, port and database of {origin}, and that the server is up")
+    };
+    let reason = reason
+        .strip_prefix("connection to server at ")
+        .and_then(|r| r.split_once(" failed: "))
+        .map_or(reason.as_str(), |(_, why)| why)
+        .trim_start_matches("FATAL: ")
+        .to_owned();
+    format!("could not connect to PostgreSQL (settings from {origin}): {reason}; {fix}")
+}
+
+/// A failure while rows stream, saying plainly when the server ended the session.
+fn session_error(text: &str) -> String {
+    let closed = [
+        "server closed the connection",
+        "terminating connection",
+        "connection to server was lost",
+        "no connection to the server",
+        "could not receive data from server",
+        "unexpected eof",
+        "EOF detected",
+    ];
+    if closed.iter().any(|c| text.contains(c)) {
+        return format!(
+            "the PostgreSQL server closed the connection during the export (the session was \
+             terminated, or the server restarted): {}",
+            first_line(text)
+        );
     }
+    text.to_owned()
 }
 
 /// A SQL string literal: `'` doubled. For connection strings and paths, never for user values
@@ -289,5 +303,55 @@ impl Drop for QuietFetchPanics {
     fn drop(&mut self) {
         // The default hook again; nothing else in the program installs one.
         drop(panic::take_hook());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_errors_drop_the_connection_string_and_say_what_to_check() {
+        let duckdb = "IO Error: Unable to connect to Postgres at \"host=db password=********\": \
+                      connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password \
+                      authentication failed for user \"hub\"";
+        assert_eq!(
+            connect_error(duckdb, "DATABASE_URL"),
+            "could not connect to PostgreSQL (settings from DATABASE_URL): password \
+             authentication failed for user \"hub\"; check the user and password of DATABASE_URL"
+        );
+        let refused = connect_error(
+            "IO Error: Unable to connect to Postgres at \"\": \
+            connection to server at \"127.0.0.1\", port 1 failed: Connection refused",
+            "PG*",
+        );
+        assert!(
+            refused.ends_with(
+                "Connection refused; check the host, port and database of \
+            PG*, and that the server is up"
+            ),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_terminated_session_is_named() {
+        let text = session_error(
+            "IO Error: FATAL: terminating connection due to administrator command\nmore",
+        );
+        assert!(
+            text.starts_with("the PostgreSQL server closed the connection"),
+            "{text}"
+        );
+        assert!(!text.contains("more"));
+        let tls = session_error(
+            "IO Error: Unable to read binary COPY data from Postgres: SSL error: unexpected eof \
+             while reading",
+        );
+        assert!(
+            tls.starts_with("the PostgreSQL server closed the connection"),
+            "{tls}"
+        );
+        assert_eq!(session_error("Conversion Error: x"), "Conversion Error: x");
     }
 }

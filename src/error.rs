@@ -1,26 +1,52 @@
 //! How failures leave the program: one line on stderr and an exit status a script can branch on.
 //!
-//! Errors travel as `anyhow::Error` with context added at each edge; the one type callers branch
-//! on is [`UsageError`] (bad flags or input: exit 2). Everything else is a runtime failure
-//! (connection, missing tables, I/O: exit 1).
+//! Errors travel as `anyhow::Error` with context added at each edge; the types callers branch
+//! on are [`UsageError`] (bad flags or input: exit 2) and [`Interrupted`] (SIGINT/SIGTERM: exit
+//! 130). Everything else is a runtime failure (connection, missing tables, I/O: exit 1). A full
+//! disk is said first, whatever context surrounds it.
+
+use crate::cancel::Interrupted;
 
 /// Bad usage or input: the user can fix it by changing the command line or its settings.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Exit status for a run that failed: 2 for bad usage or input, 1 for everything else.
+/// Exit status for a run that failed: 2 for bad usage or input, 130 when interrupted, 1 for
+/// everything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|cause| cause.is::<UsageError>()) {
         2
+    } else if err.chain().any(|cause| cause.is::<Interrupted>()) {
+        130
     } else {
         1
     }
 }
 
+/// "no space left on device writing /abs/path", when that is what happened.
+fn disk_full(err: &anyhow::Error) -> Option<String> {
+    let io = err
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .find(|e| e.kind() == std::io::ErrorKind::StorageFull)?;
+    let what = io.to_string();
+    let what = if what.starts_with("no space left on device") {
+        what
+    } else {
+        "no space left on device".to_owned()
+    };
+    Some(format!(
+        "{what}: free some space or write elsewhere (--output); nothing was changed"
+    ))
+}
+
 /// The whole cause chain on one line (`context: cause: root cause`), with line breaks inside
 /// messages (DuckDB and libpq write several lines) folded to spaces.
 pub fn one_line(err: &anyhow::Error) -> String {
+    if let Some(full) = disk_full(err) {
+        return full;
+    }
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
         let text = cause
@@ -57,5 +83,21 @@ mod tests {
         );
         let repeated = anyhow::anyhow!("disk full").context("disk full");
         assert_eq!(one_line(&repeated), "disk full");
+    }
+
+    #[test]
+    fn a_full_disk_is_said_first_with_the_file() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "no space left on device writing /x/out.csv",
+        );
+        let err = anyhow::Error::new(io).context("writing /x/out.csv");
+        assert_eq!(
+            one_line(&err),
+            "no space left on device writing /x/out.csv: free some space or write elsewhere \
+             (--output); nothing was changed"
+        );
+        assert_eq!(exit_code(&err), 1);
+        assert_eq!(exit_code(&anyhow::Error::new(Interrupted)), 130);
     }
 }

@@ -10,8 +10,10 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 
+use crate::cancel::{self, Mode};
 use crate::cli::{Compression, ExportArgs, Format};
 use crate::engine::{Access, Engine};
+use crate::lock::{self, RunLock, Wait};
 use crate::progress::{self, Progress, Total};
 use crate::query::{self, Dialect};
 use crate::settings::{self, Env, Source};
@@ -72,10 +74,11 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
         &cwd,
     )?;
     let source = settings::resolve(&args.source, &Env::load(&cwd)?)?;
-    sink::remove_partial_files_on_signal()?;
+    cancel::install(Mode::Cancel)?;
 
     let (engine, dialect, described) = open(&source, &cwd, args.quiet)?;
     engine.require_tables(&["events", "rules"], &described)?;
+    let _locks = lock_targets(&targets, wait(args))?;
     let progress = progress_bar(&engine, since, dialect, args.quiet)?;
     let sql = query::events(since, dialect);
     let (rows, files) = write_files(&engine, &sql, &targets, args.compression, &progress)?;
@@ -85,6 +88,32 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
         rows,
         paths: targets.into_iter().map(|(t, _)| t.path).collect(),
     })
+}
+
+/// How a run treats another one holding its lock.
+pub fn wait(args: &ExportArgs) -> Wait {
+    if args.wait {
+        Wait::Yes { quiet: args.quiet }
+    } else {
+        Wait::No
+    }
+}
+
+/// Locks every target (in path order, so two runs cannot each hold one), then makes each whole
+/// again if a killed run left it mid-commit or left temporary files beside it.
+fn lock_targets(targets: &[(Target, Format)], wait: Wait) -> Result<Vec<RunLock>> {
+    let mut paths: Vec<&Path> = targets.iter().map(|(t, _)| t.path.as_path()).collect();
+    paths.sort();
+    let mut locks = Vec::with_capacity(paths.len());
+    for path in paths {
+        locks.push(RunLock::acquire(
+            &lock::beside(path),
+            &path.display().to_string(),
+            wait,
+        )?);
+        sink::recover(path)?;
+    }
+    Ok(locks)
 }
 
 /// The bar of an export of the events from `since`, when one is wanted.

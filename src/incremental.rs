@@ -17,16 +17,18 @@
 //! The state file moves forward only after the files are durable: a crash at any point repeats
 //! the whole run or changes nothing. A lock beside the state keeps two runs from sharing it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::cancel::{self, Mode};
 use crate::cli::{ExportArgs, Format};
 use crate::engine::Engine;
 use crate::error::UsageError;
 use crate::export::{self, Exported};
+use crate::fault;
+use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::query::{self, Dialect, Window};
 use crate::settings::{self, Env, Source};
@@ -59,8 +61,8 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
                 .into()
         ));
     };
-    let _lock = lock(&state_target.path)?;
-    sink::remove_abandoned_temporaries(&state_target.path)?;
+    let _lock = lock(&state_target.path, args)?;
+    sink::recover(&state_target.path)?;
     let previous = if args.reset_state {
         None
     } else {
@@ -74,7 +76,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
             state_target.path.display()
         )));
     }
-    sink::remove_partial_files_on_signal()?;
+    cancel::install(Mode::Cancel)?;
 
     let (engine, _, described) = export::open(&source, &cwd, args.quiet)?;
     engine.require_tables(&["events", "rules"], &described)?;
@@ -96,6 +98,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
         .map(|(t, _)| t.path.display().to_string())
         .collect();
     state::save(&state_target, &state)?;
+    fault::point("incremental.pending-saved");
 
     // A first run is a whole export and gets its bar; later ones are small, and sizing them
     // would cost a second scan.
@@ -114,6 +117,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
     progress.finish(rows);
     let paths: Vec<PathBuf> = if rows > 0 || args.write_empty {
         sink::commit_all(files)?;
+        fault::point("incremental.committed");
         targets.into_iter().map(|(t, _)| t.path).collect()
     } else {
         drop(files); // removes the temporary files before `pending` forgets them
@@ -135,7 +139,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
 /// again. The lock is held, so no other run is writing these files.
 fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
     for path in pending.iter().map(Path::new) {
-        sink::remove_abandoned_temporaries(path)?;
+        sink::recover(path)?;
     }
     for path in pending.iter().map(Path::new).filter(|p| p.exists()) {
         if !quiet {
@@ -183,23 +187,14 @@ fn targets(args: &ExportArgs, started: DateTime<Utc>, cwd: &Path) -> Result<Vec<
 }
 
 /// Holds an exclusive lock on `<state>.lock` for the run.
-fn lock(state: &Path) -> Result<File> {
+fn lock(state: &Path, args: &ExportArgs) -> Result<RunLock> {
     let mut name = state.as_os_str().to_owned();
     name.push(".lock");
-    let path = PathBuf::from(name);
-    if let Some(folder) = path.parent() {
-        std::fs::create_dir_all(folder)
-            .with_context(|| format!("creating folder {}", folder.display()))?;
-    }
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    if file.try_lock().is_err() {
-        bail!(UsageError(format!(
-            "another incremental run is using state file {} (locked: {}): wait for it to finish",
-            state.display(),
-            path.display()
-        )));
-    }
-    Ok(file)
+    RunLock::acquire(
+        Path::new(&name),
+        &format!("state file {}", state.display()),
+        export::wait(args),
+    )
 }
 
 /// What the run's snapshot says about the server and the table.

@@ -14,14 +14,16 @@ pub mod pgoutput;
 mod stream;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
+use crate::cancel::{self, Mode};
 use crate::cli::ChangesArgs;
 use crate::engine::{literal, Access, Engine, CATALOG};
 use crate::error::UsageError;
+use crate::fault;
+use crate::lock::{RunLock, Wait};
 use crate::query::in_postgres;
 use crate::settings::{self, Env, PgConnection};
 use pgoutput::Lsn;
@@ -51,21 +53,36 @@ pub fn run(args: &ChangesArgs) -> Result<()> {
     if args.status {
         return feed.status();
     }
-    std::fs::create_dir_all(&folder)
-        .with_context(|| format!("creating folder {}", folder.display()))?;
-    let stop = stop_on_signal(args.follow)?;
+    // With --follow a signal means "finish the file you are on, then stop"; otherwise the run
+    // stops at once and its unfinished file is removed.
+    cancel::install(if args.follow {
+        Mode::Finish
+    } else {
+        Mode::Cancel
+    })?;
+    let wait = if args.wait {
+        Wait::Yes { quiet: args.quiet }
+    } else {
+        Wait::No
+    };
+    // One run per slot: another one could confirm and then see its file removed as unconfirmed.
+    let _lock = RunLock::acquire(
+        &folder.join(format!(".{}.lock", args.slot)),
+        &format!("slot {}", args.slot),
+        wait,
+    )?;
     let mut total = 0;
     loop {
         let started = Instant::now();
         // Read before draining: a stop that comes during a drain gets one more, which holds
         // everything committed before the signal.
-        let stopping = stop.load(Ordering::SeqCst);
+        let stopping = cancel::requested();
         total += feed.drain(&folder, args)?;
         if !args.follow || stopping {
             break;
         }
         while started.elapsed() < Duration::from_secs(args.flush_interval) {
-            if stop.load(Ordering::SeqCst) {
+            if cancel::requested() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -73,19 +90,6 @@ pub fn run(args: &ChangesArgs) -> Result<()> {
     }
     println!("Wrote {total} changes to {}", folder.display());
     Ok(())
-}
-
-/// With `--follow`, SIGINT/SIGTERM ask the loop to finish its current file and stop; otherwise
-/// they remove partial files and exit, as for exports.
-fn stop_on_signal(follow: bool) -> Result<&'static AtomicBool> {
-    static STOP: AtomicBool = AtomicBool::new(false);
-    if follow {
-        ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
-            .context("installing the SIGINT/SIGTERM handler")?;
-    } else {
-        crate::sink::remove_partial_files_on_signal()?;
-    }
-    Ok(&STOP)
 }
 
 /// Slot names are what PostgreSQL accepts, and safe to put in SQL.
@@ -216,13 +220,16 @@ impl Feed<'_> {
             let Some(to) = batch.end else {
                 return Ok(total);
             };
+            cancel::check()?;
             let rows = file.rows();
             let written = file.finish(to)?;
+            fault::point("changes.written");
             // Only now that the file is durable: from here on PostgreSQL may forget them.
             self.query_one::<String>(&format!(
                 "SELECT pg_replication_slot_advance('{}', '{to}')::text",
                 self.slot
             ))?;
+            fault::point("changes.confirmed");
             total += rows;
             if let (Some(path), false) = (written, args.quiet) {
                 eprintln!(

@@ -2,9 +2,10 @@
 //!
 //! An [`AtomicFile`] is written beside its target under a hidden temporary name, fsynced, and
 //! renamed over the target only when complete; dropping it unfinished removes the temporary file.
-//! [`commit_all`] puts several files in place together (CSV and Parquet: both or neither).
-//! SIGINT/SIGTERM remove every pending temporary file before the process exits, so an interrupted
-//! run leaves the previous output as it was and nothing beside it.
+//! [`commit_all`] puts several files in place together (CSV and Parquet: both or neither): their
+//! renames are recorded in a journal first, so that a run killed between two renames (SIGKILL;
+//! signals wait for the commit) is completed by the next run on the same output ([`recover`]).
+//! A full disk is reported as such, naming the file.
 
 pub mod csv;
 pub mod parquet;
@@ -17,35 +18,12 @@ use std::fs::{File, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, Once};
 
 use anyhow::{Context as _, Result};
 use tempfile::NamedTempFile;
 
 use crate::error::UsageError;
-
-/// Temporary files not yet renamed into place, removed on SIGINT/SIGTERM.
-static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Exit status after SIGINT/SIGTERM (128 + SIGINT, what shells report for Ctrl-C).
-const INTERRUPTED: i32 = 130;
-
-/// Makes SIGINT and SIGTERM remove pending temporary files, then exit with status 130.
-pub fn remove_partial_files_on_signal() -> Result<()> {
-    static INSTALL: Once = Once::new();
-    let mut outcome = Ok(());
-    INSTALL.call_once(|| {
-        outcome = ctrlc::set_handler(|| {
-            let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
-            for path in pending.iter() {
-                let _ = std::fs::remove_file(path);
-            }
-            eprintln!("error: interrupted; no output file was changed");
-            std::process::exit(INTERRUPTED);
-        });
-    });
-    outcome.context("installing the SIGINT/SIGTERM handler")
-}
+use crate::fault;
 
 /// Where an output goes: an absolute path whose folder exists (or is ours to create).
 #[derive(Debug, Clone)]
@@ -120,55 +98,32 @@ impl Target {
 pub struct AtomicFile {
     temp: NamedTempFile,
     target: PathBuf,
-    _pending: Pending,
-}
-
-/// Registers a temporary file for removal on a signal while it lives (fields drop in order, so
-/// an unfinished [`AtomicFile`] removes its file first, then leaves the registry).
-struct Pending(PathBuf);
-
-impl Pending {
-    fn register(path: &Path) -> Self {
-        lock_pending().push(path.to_owned());
-        Self(path.to_owned())
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        lock_pending().retain(|p| p != &self.0);
-    }
 }
 
 impl AtomicFile {
-    /// Starts writing `target`; nothing at `target` changes until [`Self::commit`].
+    /// Starts writing `target`; nothing at `target` changes until [`commit_all`].
     pub fn create(target: &Target) -> Result<Self> {
         let folder = target.path.parent().unwrap_or(Path::new("/"));
         if target.create_folder {
             std::fs::create_dir_all(folder)
                 .with_context(|| format!("creating folder {}", folder.display()))?;
         }
-        let name = target
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
         // A new file gets the permissions Python's open() gave (0666 less the umask); a replaced
         // one keeps its own.
         let permissions = std::fs::metadata(&target.path)
             .map(|m| m.permissions())
             .unwrap_or_else(|_| Permissions::from_mode(0o666));
         let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&name))
+            .prefix(&temp_prefix(&target.path))
             .suffix(TEMP_SUFFIX)
+            .rand_bytes(TEMP_RANDOM)
             .permissions(permissions)
             .tempfile_in(folder)
+            .map_err(|e| io_error(e, &target.path))
             .with_context(|| format!("creating a file in {}", folder.display()))?;
-        let pending = Pending::register(temp.path());
         Ok(Self {
             temp,
             target: target.path.clone(),
-            _pending: pending,
         })
     }
 
@@ -182,32 +137,69 @@ impl AtomicFile {
         self.temp
             .flush()
             .and_then(|()| self.temp.as_file().sync_all())
+            .map_err(|e| io_error(e, &self.target))
             .with_context(|| format!("writing {}", self.target.display()))
     }
 }
 
-/// Temporary files are `.{name}.XXXXXX.tmp` beside the target `name`.
-const TEMP_SUFFIX: &str = ".tmp";
-
-fn temp_prefix(name: &str) -> String {
-    format!(".{name}.")
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.temp.write(buf).map_err(|e| io_error(e, &self.target))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.temp.flush().map_err(|e| io_error(e, &self.target))
+    }
 }
 
-/// Removes the temporary files a killed process (SIGKILL, power loss) left for `target`; only
-/// for callers that know no other process is writing it. Returns how many there were.
-pub fn remove_abandoned_temporaries(target: &Path) -> Result<usize> {
-    let (Some(folder), Some(name)) = (target.parent(), target.file_name()) else {
+/// `e`, saying which file could not be written when the disk is full.
+fn io_error(e: io::Error, target: &Path) -> io::Error {
+    if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
+        return io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("no space left on device writing {}", target.display()),
+        );
+    }
+    e
+}
+
+/// Temporary files are `.{name}.XXXXXX.tmp` beside the target `name` (`XXXXXX` random).
+const TEMP_SUFFIX: &str = ".tmp";
+const TEMP_RANDOM: usize = 6;
+
+/// Whether `file` is a temporary file of `target` (and not of a target whose name merely
+/// starts the same way, as `x.csv` starts `x.csv.gz`).
+fn is_temporary_of(file: &str, target: &Path) -> bool {
+    let random = file
+        .strip_prefix(&temp_prefix(target))
+        .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
+        .map(|rest| rest.strip_prefix("previous.").unwrap_or(rest));
+    random.is_some_and(|r| r.len() == TEMP_RANDOM && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn temp_prefix(target: &Path) -> String {
+    format!(".{}.", file_name(target))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Makes `target` whole again after a killed run, for the holder of its lock (no other process
+/// writes it): completes a commit that was interrupted between its renames (the journal names
+/// finished, fsynced files), then removes temporary files. Returns how many it removed.
+pub fn recover(target: &Path) -> Result<usize> {
+    Journal::complete(target)?;
+    let Some(folder) = target.parent() else {
         return Ok(0);
     };
-    let prefix = temp_prefix(&name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(folder) else {
         return Ok(0);
     };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let file = entry.file_name();
-        let file = file.to_string_lossy();
-        if file.starts_with(&prefix) && file.ends_with(TEMP_SUFFIX) {
+        if is_temporary_of(&entry.file_name().to_string_lossy(), target) {
             let path = entry.path();
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             removed += 1;
@@ -217,34 +209,115 @@ pub fn remove_abandoned_temporaries(target: &Path) -> Result<usize> {
 }
 
 /// Syncs every file, then renames each over its target; when a rename fails, the targets
-/// already replaced get their previous contents back, so either all change or none does.
+/// already replaced get their previous contents back, so either all change or none does. A
+/// signal cannot stop it half-way ([`crate::cancel`]); a SIGKILL can, and the journal lets the
+/// next run on the same output finish it.
 pub fn commit_all(mut files: Vec<AtomicFile>) -> Result<()> {
     for file in &mut files {
         file.sync()?;
     }
+    let journal = if files.len() > 1 {
+        Some(Journal::write(&files)?)
+    } else {
+        None
+    };
     let previous = files
         .iter()
         .map(|f| Previous::keep(&f.target))
         .collect::<Result<Vec<_>>>()?;
     for (done, file) in files.into_iter().enumerate() {
+        if done == 1 {
+            fault::point("commit.between-renames");
+        }
         let target = file.target.clone();
         if let Err(e) = file.temp.persist(&target) {
             previous[..done].iter().for_each(Previous::restore);
-            return Err(e.error)
+            if let Some(journal) = &journal {
+                journal.remove();
+            }
+            return Err(io_error(e.error, &target))
                 .with_context(|| format!("moving the finished file to {}", target.display()));
         }
     }
     for folder in previous.iter().filter_map(|p| p.target.parent()) {
-        // A rename is durable once its folder is synced (best effort where unsupported).
-        let _ = File::open(folder).and_then(|f| f.sync_all());
+        sync_folder(folder);
+    }
+    if let Some(journal) = journal {
+        journal.remove();
     }
     Ok(())
 }
 
-/// The file a commit is about to replace, kept (as a hard link) until the commit succeeds.
+/// A rename is durable once its folder is synced (best effort where unsupported).
+fn sync_folder(folder: &Path) {
+    let _ = File::open(folder).and_then(|f| f.sync_all());
+}
+
+/// The renames of a group commit, written (and synced) before the first one:
+/// `.{first target}.commit` beside the first target, JSON pairs `[temporary, target]`.
+struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    fn path(target: &Path) -> PathBuf {
+        target.with_file_name(format!(".{}.commit", file_name(target)))
+    }
+
+    fn write(files: &[AtomicFile]) -> Result<Self> {
+        let pairs: Vec<(&Path, &Path)> = files
+            .iter()
+            .map(|f| (f.temp.path(), f.target.as_path()))
+            .collect();
+        let path = Self::path(&files[0].target);
+        let text = serde_json::to_vec(&pairs)?;
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&path)?;
+            file.write_all(&text)?;
+            file.sync_all()
+        };
+        write()
+            .map_err(|e| io_error(e, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+        if let Some(folder) = path.parent() {
+            sync_folder(folder);
+        }
+        Ok(Self { path })
+    }
+
+    /// Finishes the commit a killed run left in the journal of `target`, if any.
+    fn complete(target: &Path) -> Result<()> {
+        let path = Self::path(target);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // A journal cut short was never acted on: no rename had started.
+        if let Ok(pairs) = serde_json::from_slice::<Vec<(PathBuf, PathBuf)>>(&text) {
+            for (temp, target) in pairs.iter().filter(|(temp, _)| temp.exists()) {
+                std::fs::rename(temp, target).with_context(|| {
+                    format!("completing the interrupted commit of {}", target.display())
+                })?;
+                if let Some(folder) = target.parent() {
+                    sync_folder(folder);
+                }
+            }
+        }
+        Self { path }.remove();
+        Ok(())
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The file a commit is about to replace, kept (as a hard link, `.{name}.previous.XXXXXX.tmp`)
+/// until the commit succeeds.
 struct Previous {
     target: PathBuf,
-    kept: Option<(tempfile::TempPath, Pending)>,
+    kept: Option<tempfile::TempPath>,
 }
 
 impl Previous {
@@ -252,7 +325,9 @@ impl Previous {
         let kept = if target.is_file() {
             let folder = target.parent().unwrap_or(Path::new("/"));
             let link = tempfile::Builder::new()
-                .prefix(".previous.")
+                .prefix(&format!("{}previous.", temp_prefix(target)))
+                .suffix(TEMP_SUFFIX)
+                .rand_bytes(TEMP_RANDOM)
                 .make_in(folder, |p| std::fs::hard_link(target, p))
                 .with_context(|| {
                     format!(
@@ -260,8 +335,7 @@ impl Previous {
                         target.display()
                     )
                 })?;
-            let pending = Pending::register(link.path());
-            Some((link.into_temp_path(), pending))
+            Some(link.into_temp_path())
         } else {
             None
         };
@@ -273,7 +347,7 @@ impl Previous {
 
     fn restore(&self) {
         let _ = match &self.kept {
-            Some((kept, _)) => std::fs::rename(kept, &self.target),
+            Some(kept) => std::fs::rename(kept, &self.target),
             None => std::fs::remove_file(&self.target),
         };
     }
@@ -285,19 +359,6 @@ pub trait Sink: Send {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()>;
     /// Finishes the encoding; the file is complete but not yet in place.
     fn close(self: Box<Self>) -> Result<AtomicFile>;
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.temp.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.temp.flush()
-    }
-}
-
-fn lock_pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `path` without `.` and `..` components (as Python's `os.path.abspath`), symlinks untouched.
@@ -340,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn abandoned_temporaries_of_one_target_are_removed() {
+    fn recovery_removes_the_temporaries_of_its_target_only() {
         let dir = tempfile::tempdir().unwrap();
         let target = Target::resolve(Some(Path::new("a.csv")), "d.csv", dir.path()).unwrap();
         let mut left = AtomicFile::create(&target).unwrap();
@@ -349,9 +410,10 @@ mod tests {
         std::mem::forget(left); // as if the process had been killed
         let other = dir.path().join(".b.csv.x.tmp");
         std::fs::write(&other, "other").unwrap();
-        assert_eq!(remove_abandoned_temporaries(&target.path).unwrap(), 1);
-        assert!(!partial.exists() && other.exists());
-        lock_pending().clear();
+        let longer = dir.path().join(".a.csv.gz.abcdef.tmp");
+        std::fs::write(&longer, "another target's").unwrap();
+        assert_eq!(recover(&target.path).unwrap(), 1);
+        assert!(!partial.exists() && other.exists() && longer.exists());
     }
 
     #[test]
@@ -369,6 +431,38 @@ mod tests {
         commit_all(vec![file]).unwrap();
         assert_eq!(std::fs::read_to_string(&target.path).unwrap(), "new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(lock_pending().is_empty());
+    }
+
+    #[test]
+    fn a_commit_killed_between_renames_is_completed_by_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let target =
+            |name: &str| Target::resolve(Some(Path::new(name)), "d.csv", dir.path()).unwrap();
+        let (a, b) = (target("a.csv"), target("a.parquet"));
+        std::fs::write(&a.path, "old a").unwrap();
+        std::fs::write(&b.path, "old b").unwrap();
+        let mut files = vec![
+            AtomicFile::create(&a).unwrap(),
+            AtomicFile::create(&b).unwrap(),
+        ];
+        files[0].write_all(b"new a").unwrap();
+        files[1].write_all(b"new b").unwrap();
+        files.iter_mut().for_each(|f| f.sync().unwrap());
+        // What commit_all does up to its first rename, then a SIGKILL.
+        let journal = Journal::write(&files).unwrap();
+        let mut files = files.into_iter();
+        files.next().unwrap().temp.persist(&a.path).unwrap();
+        let unrenamed = files.next().unwrap().temp.into_temp_path().keep().unwrap();
+        assert_eq!(std::fs::read_to_string(&a.path).unwrap(), "new a");
+        assert_eq!(std::fs::read_to_string(&b.path).unwrap(), "old b");
+        assert!(journal.path.exists() && unrenamed.exists());
+        recover(&a.path).unwrap();
+        assert_eq!(std::fs::read_to_string(&b.path).unwrap(), "new b");
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.csv", "a.parquet"]);
     }
 }

@@ -3,7 +3,9 @@
 //! the two formats encode side by side. Reading, not writing, then sets the pace.
 //!
 //! The channels hold a few batches each, so memory stays bounded: a slow sink makes the reader
-//! wait. A sink that fails stops its thread; the next write reports its error.
+//! wait. A sink that fails stops its thread; the next write reports its error. However the run
+//! ends (an error, a signal), dropping [`Writers`] joins every thread, so each unfinished file
+//! is removed by its owner before the process exits.
 
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
@@ -48,12 +50,10 @@ impl Writers {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         for sender in &self.senders {
             if sender.send(batch.clone()).is_err() {
-                // That sink's thread has ended, which only an error makes it do.
+                // That sink's thread has ended, which only an error makes it do. Every thread
+                // is joined (the others' unfinished files removed) before reporting it.
                 self.senders.clear();
-                let failure = std::mem::take(&mut self.threads)
-                    .into_iter()
-                    .map(join)
-                    .find_map(Result::err);
+                let failure = join_all(std::mem::take(&mut self.threads)).err();
                 return Err(failure.unwrap_or_else(|| anyhow!("a writer thread stopped")));
             }
         }
@@ -63,11 +63,25 @@ impl Writers {
     /// Waits for every sink to finish; their files, in the order the sinks were given.
     pub fn close(mut self) -> Result<Vec<AtomicFile>> {
         self.senders.clear();
-        std::mem::take(&mut self.threads)
-            .into_iter()
-            .map(join)
-            .collect()
+        join_all(std::mem::take(&mut self.threads))
     }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        // Closing the channels ends each thread; its unfinished file goes with it.
+        self.senders.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Joins every thread, even after one failed (an unjoined thread would be cut off when the
+/// process exits, leaving its temporary file); the files, or the first failure.
+fn join_all(threads: Vec<JoinHandle<Result<AtomicFile>>>) -> Result<Vec<AtomicFile>> {
+    let joined: Vec<Result<AtomicFile>> = threads.into_iter().map(join).collect();
+    joined.into_iter().collect()
 }
 
 fn join(thread: JoinHandle<Result<AtomicFile>>) -> Result<AtomicFile> {
@@ -153,5 +167,14 @@ mod tests {
             .expect("the failure reaches the reader");
         assert_eq!(error.to_string(), "negative id -1");
         assert!(writers.close().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dropped_writers_join_their_threads_and_leave_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writers = Writers::spawn(sinks(dir.path(), &["a", "b"])).unwrap();
+        writers.write(&batch((0..100).collect())).unwrap();
+        drop(writers); // as when reading fails half-way
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -1,0 +1,83 @@
+//! SIGINT and SIGTERM, handled so that nothing is left half-done.
+//!
+//! The handler does no work of its own: it records the request and interrupts the DuckDB query
+//! that is running. The run notices ([`check`], between batches) and unwinds through ordinary
+//! error returns, so temporary files are removed by their owners' `Drop`, writer threads are
+//! joined, and a commit already under way (a few renames) always completes: a pair of files is
+//! never left with one new file and one old. With [`Mode::Finish`] (`changes --follow`) a signal
+//! only asks the loop to stop after the batch it is on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use anyhow::{Context as _, Result};
+use duckdb::{Connection, InterruptHandle};
+
+/// What a signal does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Stop as soon as possible, undoing the unfinished output (exports, one-shot feeds).
+    Cancel,
+    /// Finish the current step, then stop cleanly (`changes --follow`).
+    Finish,
+}
+
+/// A run stopped by SIGINT/SIGTERM (exit status 130, as shells report Ctrl-C).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted; no output file was changed")]
+pub struct Interrupted;
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+static MODE: OnceLock<Mode> = OnceLock::new();
+/// The query to interrupt on a signal, in [`Mode::Cancel`].
+static RUNNING: Mutex<Option<Arc<InterruptHandle>>> = Mutex::new(None);
+
+/// Installs the SIGINT/SIGTERM handler (once per process; the first mode stays).
+pub fn install(mode: Mode) -> Result<()> {
+    if MODE.set(mode).is_err() {
+        return Ok(());
+    }
+    ctrlc::set_handler(|| {
+        REQUESTED.store(true, Ordering::SeqCst);
+        if MODE.get() == Some(&Mode::Cancel) {
+            if let Some(query) = running().as_ref() {
+                query.interrupt();
+            }
+        }
+    })
+    .context("installing the SIGINT/SIGTERM handler")
+}
+
+/// Whether a signal asked the run to stop.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
+/// An [`Interrupted`] error once a signal asked the run to stop ([`Mode::Cancel`]).
+pub fn check() -> Result<(), Interrupted> {
+    if requested() && MODE.get() == Some(&Mode::Cancel) {
+        Err(Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// While alive, a signal interrupts the queries of `conn`.
+pub struct Watch(());
+
+impl Watch {
+    pub fn new(conn: &Connection) -> Self {
+        *running() = Some(conn.interrupt_handle());
+        Self(())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        *running() = None;
+    }
+}
+
+fn running() -> MutexGuard<'static, Option<Arc<InterruptHandle>>> {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
