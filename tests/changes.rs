@@ -1,5 +1,5 @@
-//! The change feed against a PostgreSQL with wal_level = logical (`scripts/postgres-up` sets
-//! it): an initial export at the slot's LSN, then inserts, acknowledged flips, deletes, a rule
+//! The change feed against a PostgreSQL with wal_level = logical (the throwaway cluster of
+//! `scripts/test`): an initial export at the slot's LSN, then inserts, acknowledged flips, deletes, a rule
 //! rename, a rolled-back transaction and a large transaction; replaying the change files on the
 //! initial export must give the final table. Also under SIGKILL, and the slot's lifecycle.
 
@@ -12,54 +12,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// A slot (and its publication) on a test database, dropped at the end of the test even when it
-/// fails: a forgotten slot keeps WAL on the server for ever.
-struct Slot<'a> {
-    db: &'a TestDb,
-    name: String,
-}
-
-impl<'a> Slot<'a> {
-    fn create(db: &'a TestDb, dir: &Path) -> Self {
-        let slot = Self {
-            db,
-            name: db.name.to_lowercase(),
-        };
-        let run = changes(dir, &slot, &["--create-slot"]).success();
-        assert!(
-            run.stdout
-                .starts_with(&format!("Created slot {} at LSN ", slot.name)),
-            "{run}"
-        );
-        slot
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args(["-X", "-q", "-d", &self.db.url(), "-c"])
-            .arg(format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{0}'; DROP PUBLICATION IF EXISTS {0}",
-                self.name
-            ))
-            .output();
-    }
-}
-
 fn changes(dir: &Path, slot: &Slot, args: &[&str]) -> Run {
-    Run::of(
-        export_events(dir)
-            .args([
-                "changes",
-                "--slot",
-                &slot.name,
-                "--database-url",
-                &slot.db.url(),
-            ])
-            .args(args),
-    )
+    Run::of(&mut slot.changes(dir, args))
 }
 
 /// The table as the export writes it, by id.
@@ -146,8 +100,12 @@ fn replaying_change_files_on_the_initial_export_gives_the_table() {
     assert!(status.stdout.contains("bytes of WAL retained"), "{status}");
 }
 
+/// Every moment a feed run can be killed at: mid-read (a partial file), after its file is
+/// durable but before the slot is confirmed, and after confirming with more batches to go.
+const KILL_POINTS: [&str; 3] = ["stream.batch", "changes.written", "changes.confirmed"];
+
 #[test]
-fn a_killed_feed_rewrites_the_same_files_and_loses_nothing() {
+fn a_feed_killed_at_each_moment_rewrites_the_same_files_and_loses_nothing() {
     let db = TestDb::sample("chg_kill");
     let dir = scratch();
     let slot = Slot::create(&db, dir.path());
@@ -155,26 +113,17 @@ fn a_killed_feed_rewrites_the_same_files_and_loses_nothing() {
     for sql in WRITES {
         db.sql(sql);
     }
-    let mut kills = 0;
-    for i in 0..30u64 {
-        let mut child = export_events(dir.path())
-            .args(["changes", "--slot", &slot.name, "--database-url", &db.url()])
-            .args(["--max-changes", "500", "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(20 + (i * 37) % 200));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
+    for (i, point) in KILL_POINTS.iter().cycle().take(12).enumerate() {
+        let child = spawn_stopped_at(
+            &mut slot.changes(dir.path(), &["--max-changes", "500", "-q"]),
+            point,
+        );
+        signal(child.id(), "KILL");
+        assert_eq!(finish(child).code, None, "killed at {point}");
         if i % 3 == 0 {
             db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 13 = 0");
         }
     }
-    assert!(kills >= 5, "killed {kills} times");
     changes(dir.path(), &slot, &["-q"]).success();
     let folder = dir.path().join("exports/changes");
     let seen = replay(&folder, &mut rows);
@@ -184,11 +133,83 @@ fn a_killed_feed_rewrites_the_same_files_and_loses_nothing() {
     );
     let unique: BTreeSet<&(String, String, i64)> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no change written twice");
-    let partial: Vec<String> = files_in(&folder)
+    let others: Vec<String> = files_in(&folder)
         .into_iter()
         .filter(|n| !n.ends_with(".csv") && !n.ends_with(".slot.json"))
         .collect();
-    assert!(partial.iter().all(|n| n.starts_with('.')), "{partial:?}");
+    assert!(
+        others.is_empty(),
+        "no partial or lock file left: {others:?}"
+    );
+}
+
+#[test]
+fn overlapping_feed_runs_are_refused_and_together_lose_and_repeat_nothing() {
+    let db = TestDb::sample("chg_overlap");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    let mut rows = table(dir.path(), &db, "initial.csv");
+    db.sql(WRITES[0]);
+    // Forced: one run holds the slot (its file written, not yet confirmed) while another starts.
+    let first = spawn_stopped_at(&mut slot.changes(dir.path(), &["-q"]), "changes.written");
+    let refused = changes(dir.path(), &slot, &["-q"]).failure(1, "slot ");
+    let holder = format!("is in use by another export-events run (pid {}", first.id());
+    assert!(refused.stderr.contains(&holder), "{refused}");
+    signal(first.id(), "CONT");
+    finish(first).success();
+    // Then three runners loop while a writer inserts, flips and deletes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runners: Vec<_> = (0..3)
+        .map(|_| {
+            let (dir, url, name) = (dir.path().to_owned(), db.url(), slot.name.clone());
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut outcomes = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let run = Run::of(export_events(&dir).args([
+                        "changes",
+                        "--slot",
+                        &name,
+                        "--database-url",
+                        &url,
+                        "-q",
+                        "--max-changes",
+                        "40",
+                    ]));
+                    if run.code == Some(0) {
+                        outcomes.0 += 1;
+                    } else {
+                        run.failure(1, "is in use by another export-events run");
+                        outcomes.1 += 1;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    for i in 0..60 {
+        db.sql(match i % 3 {
+            0 => {
+                "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+                  SELECT now() - i * interval '1 minute', now(), 1 + i % 10, false \
+                  FROM generate_series(1, 25) AS i"
+            }
+            1 => "UPDATE events SET acknowledged = NOT acknowledged WHERE id % 5 = 0",
+            _ => "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY random() LIMIT 3)",
+        });
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ran: usize = runners.into_iter().map(|r| r.join().unwrap().0).sum();
+    assert!(ran > 0, "runs succeeded meanwhile");
+    changes(dir.path(), &slot, &["-q"]).success();
+    let seen = replay(&dir.path().join("exports/changes"), &mut rows);
+    assert!(
+        rows == table(dir.path(), &db, "final.csv"),
+        "replay gives the table"
+    );
+    let unique: BTreeSet<&(String, String, i64)> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no change written twice");
 }
 
 #[test]

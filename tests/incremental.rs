@@ -3,7 +3,7 @@
 //! some rolled back, some back-dated, some flipping `acknowledged` of earlier events) while
 //! incremental runs loop. Replaying every file in order, upserting by id, must give the table;
 //! every committed insert must appear, untouched rows exactly once; no rolled-back event ever.
-//! The same again with the exporter killed (SIGKILL) at random moments.
+//! The same again with the exporter killed (SIGKILL) at each moment that matters, in turn.
 
 mod common;
 
@@ -284,33 +284,69 @@ fn replaying_incremental_files_gives_the_table_under_concurrent_writers() {
     });
 }
 
+/// Every moment an incremental run can be killed at: its files named in the state but not
+/// written, mid-stream (partial files), and its files in place but the cursor not yet moved.
+const KILL_POINTS: [&str; 3] = [
+    "incremental.pending-saved",
+    "stream.batch",
+    "incremental.committed",
+];
+
 #[test]
-fn runs_killed_at_random_moments_lose_and_repeat_nothing() {
-    let mut rng = Rng(42);
-    let mut kills = 0;
+fn runs_killed_at_each_moment_lose_and_repeat_nothing() {
+    let mut kills = [0; KILL_POINTS.len()];
+    let mut next = 0;
     check_under_concurrency("incr_sigkill", |dir, db| {
-        let mut child = incremental(dir, db)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        thread::sleep(Duration::from_millis(rng.below(120)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
+        let point = KILL_POINTS[next];
+        match run_to(&mut incremental(dir, db), point) {
+            Ok(child) => {
+                signal(child.id(), "KILL");
+                assert_eq!(finish(child).code, None);
+                kills[next] += 1;
+                next = (next + 1) % KILL_POINTS.len();
+            }
+            // Nothing new to stream or commit this time: the run ended normally; try again.
+            Err(run) => {
+                run.success();
+            }
         }
-        child.wait().unwrap();
     });
-    assert!(kills >= 20, "killed {kills} times");
+    assert!(
+        kills.iter().all(|&k| k > 0),
+        "killed at every point: {kills:?} for {KILL_POINTS:?}"
+    );
+}
+
+#[test]
+fn a_second_run_on_the_same_state_is_refused_with_the_holders_pid() {
+    let db = TestDb::sample("incr_overlap");
+    let dir = scratch();
+    let first = spawn_stopped_at(
+        &mut run_cmd(dir.path(), &db, &["-q"]),
+        "incremental.pending-saved",
+    );
+    let second = run_in(dir.path(), &db, &["-q"]).failure(1, "state file ");
+    let holder = format!("is in use by another export-events run (pid {}", first.id());
+    assert!(second.stderr.contains(&holder), "{second}");
+    signal(first.id(), "CONT");
+    let first = finish(first).success();
+    assert!(
+        first.stdout.starts_with("Exported 15 events to "),
+        "{first}"
+    );
+}
+
+/// One incremental run in `dir` with `args`, not yet run.
+fn run_cmd(dir: &Path, db: &TestDb, args: &[&str]) -> Command {
+    let mut cmd = export_events(dir);
+    cmd.args(["--incremental", "--database-url", &db.url()])
+        .args(args);
+    cmd
 }
 
 /// One incremental run in `dir` with `args`.
 fn run_in(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
-    Run::of(
-        export_events(dir)
-            .args(["--incremental", "--database-url", &db.url()])
-            .args(args),
-    )
+    Run::of(&mut run_cmd(dir, db, args))
 }
 
 fn insert_events(db: &TestDb, ids: std::ops::Range<i64>) {

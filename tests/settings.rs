@@ -25,10 +25,8 @@ fn database_url_flag_as_url_and_as_keyvalue_string() {
         )),
         "Exported 15"
     );
-    let kv = format!(
-        "host=127.0.0.1 port=5432 user=postgres dbname='{}'",
-        db.name
-    );
+    let (host, port) = server_address();
+    let kv = format!("host={host} port={port} user=postgres dbname='{}'", db.name);
     assert_eq!(
         rows_of(Run::of(
             export_events(dir.path()).args(["--database-url", &kv])
@@ -53,18 +51,19 @@ fn database_url_variable_and_its_precedence_over_db_settings() {
 fn iot_hub_db_settings_from_environment_and_from_dotenv() {
     let db = TestDb::sample("settings_db");
     let dir = scratch();
+    let (host, port) = server_address();
     let run = Run::of(
         export_events(dir.path())
             .env("DB_NAME", &db.name)
             .env("DB_USER", "postgres")
-            .env("DB_HOST", "127.0.0.1")
-            .env("DB_PORT", "5432")
+            .env("DB_HOST", &host)
+            .env("DB_PORT", &port)
             .env("DB_PASSWORD", "unused-with-trust"),
     );
     assert_eq!(rows_of(run), "Exported 15");
     std::fs::write(
         dir.path().join(".env"),
-        format!("# as the IoT Hub's docker-compose\nDB_NAME={}\nDB_USER=postgres\nDB_HOST=127.0.0.1\nDB_PORT=5432\n", db.name),
+        format!("# as the IoT Hub's docker-compose\nDB_NAME={}\nDB_USER=postgres\nDB_HOST={host}\nDB_PORT={port}\n", db.name),
     )
     .unwrap();
     assert_eq!(
@@ -77,10 +76,11 @@ fn iot_hub_db_settings_from_environment_and_from_dotenv() {
 fn libpq_pg_variables_come_last() {
     let db = TestDb::sample("settings_pg");
     let dir = scratch();
+    let (host, port) = server_address();
     let run = Run::of(
         export_events(dir.path())
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", "5432")
+            .env("PGHOST", &host)
+            .env("PGPORT", &port)
             .env("PGUSER", "postgres")
             .env("PGDATABASE", &db.name),
     );
@@ -104,10 +104,12 @@ fn nothing_configured_is_an_error_naming_every_option() {
 #[test]
 fn a_failed_connection_never_shows_the_password() {
     let dir = scratch();
+    let (host, port) = server_address();
     for url in [
-        "postgres://nobody_here:Sup3r-Secret-pw@127.0.0.1:5432/postgres".to_owned(),
-        "host=127.0.0.1 port=5432 user=nobody_here password='Sup3r-Secret-pw' dbname=postgres"
-            .to_owned(),
+        format!("postgres://nobody_here:Sup3r-Secret-pw@{host}:{port}/postgres"),
+        format!(
+            "host={host} port={port} user=nobody_here password='Sup3r-Secret-pw' dbname=postgres"
+        ),
         "postgres://nobody_here:Sup3r-Secret-pw@127.0.0.1:1/postgres".to_owned(),
     ] {
         let run = Run::of(export_events(dir.path()).args(["--database-url", &url]));
@@ -124,7 +126,8 @@ fn a_failed_connection_never_shows_the_password() {
         export_events(dir.path())
             .env("DB_NAME", "postgres")
             .env("DB_USER", "nobody_here")
-            .env("DB_HOST", "127.0.0.1")
+            .env("DB_HOST", &host)
+            .env("DB_PORT", &port)
             .env("DB_PASSWORD", "Sup3r-Secret-pw"),
     );
     let run = run.failure(1, "settings from DB_* settings");

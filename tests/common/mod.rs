@@ -1,8 +1,9 @@
 //! Shared by the integration tests: a PostgreSQL database of their own, a scratch working
-//! directory, and the real `export-events` binary run in it with a clean environment.
+//! directory, the real `export-events` binary run in it with a clean environment, and the
+//! means to stop it at a named point and inject a fault there.
 //!
-//! The server is the one `.ci/run` makes sure of (127.0.0.1:5432, user postgres, trust auth);
-//! `EXPORT_EVENTS_TEST_PG` points elsewhere (a `postgres://user@host:port` base URL).
+//! The server is the throwaway cluster `scripts/test` starts (`scripts/test-cluster`), given as
+//! `EXPORT_EVENTS_TEST_PG` (a `postgres://user@host:port` base URL of a superuser).
 #![allow(dead_code)] // each test file uses its own part of this module
 
 use std::path::{Path, PathBuf};
@@ -20,9 +21,26 @@ pub fn compat_bytes(name: &str) -> Vec<u8> {
     std::fs::read(compat(name)).unwrap()
 }
 
+/// A setting `scripts/test` provides; its absence fails the test with what to do.
+pub fn setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with scripts/test, which starts a throwaway \
+             PostgreSQL cluster and the other test services"
+        )
+    })
+}
+
 fn server() -> String {
-    std::env::var("EXPORT_EVENTS_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    setting("EXPORT_EVENTS_TEST_PG")
+}
+
+/// `host` and `port` of the test server.
+pub fn server_address() -> (String, String) {
+    let base = server();
+    let authority = base.rsplit('@').next().unwrap().to_owned();
+    let (host, port) = authority.rsplit_once(':').unwrap();
+    (host.to_owned(), port.to_owned())
 }
 
 /// A database created for one test and dropped when it ends.
@@ -66,9 +84,109 @@ impl TestDb {
         format!("{}/{}", server(), self.name)
     }
 
+    /// A database of `rows` generated events (`export-events generate`).
+    pub fn generated(label: &str, rows: u64) -> Self {
+        let db = Self::empty(label);
+        let dir = scratch();
+        Run::of(export_events(dir.path()).args([
+            "generate",
+            "-q",
+            "--rows",
+            &rows.to_string(),
+            "--database-url",
+            &db.url(),
+        ]))
+        .success();
+        db
+    }
+
     /// Runs SQL in this database (fails the test on error).
     pub fn sql(&self, sql: &str) {
         psql_at(&self.url(), &[sql], &[]);
+    }
+
+    /// The single value `sql` returns, as text.
+    pub fn value(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-qAt", "-d", &self.url(), "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Ends every other session on this database, as an administrator would
+    /// (`pg_terminate_backend`); returns how many there were.
+    pub fn terminate_sessions(&self) -> usize {
+        self.value(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .parse()
+        .unwrap()
+    }
+}
+
+/// A slot (and its publication) on a test database, dropped at the end of the test even when it
+/// fails: a forgotten slot keeps WAL on the server for ever.
+pub struct Slot<'a> {
+    pub db: &'a TestDb,
+    pub name: String,
+}
+
+impl<'a> Slot<'a> {
+    /// `export-events changes --create-slot` in `dir`.
+    pub fn create(db: &'a TestDb, dir: &Path) -> Self {
+        let slot = Self {
+            db,
+            name: db.name.to_lowercase(),
+        };
+        let run = Run::of(&mut slot.changes(dir, &["--create-slot"])).success();
+        assert!(
+            run.stdout
+                .starts_with(&format!("Created slot {} at LSN ", slot.name)),
+            "{run}"
+        );
+        slot
+    }
+
+    /// `export-events changes --slot <this> ...args` in `dir`, not yet run.
+    pub fn changes(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = export_events(dir);
+        cmd.args([
+            "changes",
+            "--slot",
+            &self.name,
+            "--database-url",
+            &self.db.url(),
+        ])
+        .args(args);
+        cmd
+    }
+
+    /// Where the slot has been confirmed up to.
+    pub fn confirmed(&self) -> String {
+        self.db.value(&format!(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+            self.name
+        ))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-X", "-q", "-d", &self.db.url(), "-c"])
+            .arg(format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = '{0}'; DROP PUBLICATION IF EXISTS {0}",
+                self.name
+            ))
+            .output();
     }
 }
 
@@ -245,4 +363,71 @@ pub fn events_in_postgres(db: &TestDb, since: Option<&str>) -> Vec<EventRow> {
             )
         })
         .collect()
+}
+
+/// Runs `cmd` with `EXPORT_EVENTS_STOP_AT=point`, and waits until it has stopped itself there.
+pub fn spawn_stopped_at(cmd: &mut Command, point: &str) -> std::process::Child {
+    match run_to(cmd, point) {
+        Ok(child) => child,
+        Err(run) => panic!("ended before reaching {point}\n{run}"),
+    }
+}
+
+/// Runs `cmd` until it stops itself at `point` (`Ok`, still stopped there) or ends without
+/// reaching it (`Err`, how it ended).
+pub fn run_to(cmd: &mut Command, point: &str) -> Result<std::process::Child, Run> {
+    let mut child = cmd
+        .env("EXPORT_EVENTS_STOP_AT", point)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("export-events runs");
+    let started = std::time::Instant::now();
+    loop {
+        if is_stopped(child.id()) {
+            return Ok(child);
+        }
+        if child.try_wait().unwrap().is_some() {
+            return Err(finish(child));
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "never reached {point}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Whether the process is stopped (SIGSTOP), from /proc.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(") ")?.1.to_owned();
+            after.chars().next()
+        })
+        == Some('T')
+}
+
+/// Sends `signal` (`"INT"`, `"KILL"`, `"CONT"`...) to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Waits for a child started by [`spawn_stopped_at`] (or any piped child) to end.
+pub fn finish(child: std::process::Child) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
 }
