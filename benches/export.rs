@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use clap::Parser as _;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use export_events::cli::Cli;
-use export_events::export;
+use export_events::cmd::export;
+use export_events::context::Context;
 
 fn rows() -> u64 {
     std::env::var("EXPORT_EVENTS_BENCH_ROWS").map_or(1_000_000, |n| {
@@ -58,7 +58,7 @@ fn psql(url: &str, sql: &str) -> String {
 
 /// Runs the export-events command line `args` through the library.
 fn cli(args: &[&str]) -> Cli {
-    Cli::try_parse_from(std::iter::once("export-events").chain(args.iter().copied()))
+    export_events::cli::try_parse_from(std::iter::once("export-events").chain(args.iter().copied()))
         .expect("valid arguments")
 }
 
@@ -127,7 +127,9 @@ fn run_export(args: &[&str], dir: &Path) -> u64 {
     });
     let mut all = args.to_vec();
     all.extend(["--quiet", "--output", output.to_str().unwrap()]);
-    export::export(&cli(&all).export)
+    let cli = cli(&all);
+    let ctx = Context::new(&cli.global).expect("the run's context");
+    export::run(&ctx, &cli.export)
         .expect("the export succeeds")
         .rows
 }

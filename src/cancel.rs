@@ -62,19 +62,22 @@ pub fn check() -> Result<(), Interrupted> {
     }
 }
 
-/// While alive, a signal interrupts the queries of `conn`.
-pub struct Watch(());
+/// While alive, a signal interrupts the queries of `conn` (and, once dropped, those of the
+/// connection watched before).
+pub struct Watch {
+    previous: Option<Arc<InterruptHandle>>,
+}
 
 impl Watch {
     pub fn new(conn: &Connection) -> Self {
-        *running() = Some(conn.interrupt_handle());
-        Self(())
+        let previous = running().replace(conn.interrupt_handle());
+        Self { previous }
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        *running() = None;
+        *running() = self.previous.take();
     }
 }
 

@@ -1,28 +1,74 @@
 //! Every command-line type in one place; the doc comments are the `--help` text.
 //!
 //! The default command is the export (the drop-in for Django's `manage.py export_events`);
-//! `generate` builds deterministic fixture databases. Parsing only: values are checked by the
-//! modules that own them (`since`, `settings`, `sink`).
+//! `changes` follows the change feed, `generate` builds fixture databases. The connection and
+//! the run's behaviour ([`GlobalArgs`]: `--database-url`, `--quiet`, `--wait`) are declared once,
+//! on the top level, and accepted before or after a subcommand; the output flags
+//! ([`OutputArgs`]) are declared once and flattened into each command that writes files.
+//! Parsing only: values are checked by the modules that own them.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+
+use crate::sink::format::Compression;
+use crate::sink::registry::{self, Formats};
 
 /// Export the IoT Hub's events (joined to their rules) to CSV, newest first.
 ///
 /// Reads PostgreSQL through an embedded DuckDB, or a DuckDB database file. The CSV is
 /// byte-compatible with `python manage.py export_events`; the file appears atomically.
 #[derive(Debug, Parser)]
-#[command(
-    name = "export-events",
-    version,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "export-events", version)]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
     pub export: ExportArgs,
+}
+
+/// The command line of this process; exits with clap's message (status 2) when it is wrong.
+pub fn parse() -> Cli {
+    try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args` (the program name first). The export's own flags belong before nothing but
+/// the export: with a subcommand they are refused rather than silently ignored, while the
+/// [`GlobalArgs`] go anywhere.
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    if let Some((name, _)) = matches.subcommand() {
+        let export = ExportArgs::augment_args(clap::Command::new("export"));
+        let given: Vec<String> = export
+            .get_arguments()
+            .filter(|arg| {
+                matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+            })
+            .map(|arg| format!("--{}", arg.get_long().unwrap_or(arg.get_id().as_str())))
+            .collect();
+        if !given.is_empty() {
+            return Err(command.error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "{} belongs to the export, not to `{name}`: put the options of `{name}` \
+                     after its name",
+                    given.join(", ")
+                ),
+            ));
+        }
+    }
+    Cli::from_arg_matches(&matches)
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +80,46 @@ pub enum Command {
     Changes(ChangesArgs),
 }
 
+/// The connection and how the run behaves; every command takes them, before or after its name.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL connection: a postgres:// URL or a libpq "key=value" string. Without it,
+    /// DATABASE_URL, DB_NAME/DB_USER/DB_PASSWORD/DB_HOST/DB_PORT (environment or ./.env), then
+    /// libpq's PG* variables.
+    #[arg(long, value_name = "URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// No progress bar or notices on stderr (the success line and errors still appear).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// When another run is writing the same output (state file, slot), wait for it to finish
+    /// instead of failing.
+    #[arg(long, global = true)]
+    pub wait: bool,
+}
+
+/// Where files go and how they are encoded.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Where to write [export: a file, default exports/events_export.csv (or .parquet), folder
+    /// created when missing; --incremental: a template where {time} becomes the run's UTC time,
+    /// default exports/events_{time}.csv; changes: a folder, default exports/changes]. With
+    /// several formats the first format's file is this one and the others go beside it with the
+    /// same stem.
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Formats to write from one read of the source: csv (the compatible CSV), parquet (typed),
+    /// a comma-separated list of them, or both.
+    #[arg(long, value_name = "FORMATS", value_parser = registry::parse, default_value = "csv")]
+    pub format: Formats,
+
+    /// Parquet compression.
+    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    pub compression: Compression,
+}
+
 /// The export: the original command's flags plus where the rows come from.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -42,23 +128,16 @@ pub struct ExportArgs {
     #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
     pub since: Option<String>,
 
-    /// File to write [default: exports/events_export.csv, or .parquet; folder created when
-    /// missing]. With --format both, the Parquet file goes beside it with the same stem. With
-    /// --incremental, a template where {time} becomes the run's UTC time [default:
-    /// exports/events_{time}.csv].
-    #[arg(long, short, value_name = "PATH")]
-    pub output: Option<PathBuf>,
-
-    /// What to write: the compatible CSV, typed Parquet, or both from one read of the source.
-    #[arg(long, value_enum, default_value_t = Format::Csv)]
-    pub format: Format,
-
-    /// Parquet compression.
-    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
-    pub compression: Compression,
-
     #[command(flatten)]
-    pub source: SourceArgs,
+    pub output: OutputArgs,
+
+    /// Read the rules and events tables from this DuckDB database file instead of PostgreSQL.
+    #[arg(long, value_name = "FILE")]
+    pub duckdb: Option<PathBuf>,
+
+    /// Use the demo database (exports/demo.duckdb, generated on first use).
+    #[arg(long, conflicts_with = "duckdb")]
+    pub demo: bool,
 
     /// Write only the events inserted or changed since the last successful --incremental run
     /// (all events, or those from --since, the first time), each change exactly once; a new
@@ -77,51 +156,6 @@ pub struct ExportArgs {
     /// With --incremental: forget the state and export everything again.
     #[arg(long, requires = "incremental")]
     pub reset_state: bool,
-
-    /// When another run is writing the same output (or using the same state), wait for it to
-    /// finish instead of failing.
-    #[arg(long)]
-    pub wait: bool,
-
-    /// No progress bar or notices on stderr (the success line and errors still appear).
-    #[arg(long, short)]
-    pub quiet: bool,
-}
-
-/// Output formats of an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Csv,
-    Parquet,
-    Both,
-}
-
-/// Parquet compression codecs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Compression {
-    Zstd,
-    Snappy,
-    Gzip,
-    None,
-}
-
-/// Where the rows come from; at most one of these. Without any, PostgreSQL settings are read
-/// from DATABASE_URL, DB_NAME/DB_USER/DB_PASSWORD/DB_HOST/DB_PORT (environment or ./.env),
-/// then libpq's PG* variables.
-#[derive(Debug, Args, Default)]
-#[group(multiple = false)]
-pub struct SourceArgs {
-    /// PostgreSQL connection: a postgres:// URL or a libpq "key=value" string.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
-
-    /// Read the rules and events tables from this DuckDB database file instead.
-    #[arg(long, value_name = "FILE")]
-    pub duckdb: Option<PathBuf>,
-
-    /// Use the demo database (exports/demo.duckdb, generated on first use).
-    #[arg(long)]
-    pub demo: bool,
 }
 
 /// `generate`: fixture databases of any size.
@@ -143,12 +177,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub replace: bool,
 
-    /// No progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
-
-    #[command(flatten)]
-    pub target: TargetArgs,
+    /// DuckDB database file to fill (created when missing), instead of the PostgreSQL database
+    /// of --database-url (one of the two is required: generate never writes to a database
+    /// named only by the environment).
+    #[arg(long, value_name = "FILE")]
+    pub duckdb: Option<PathBuf>,
 }
 
 /// `changes`: the change feed.
@@ -172,13 +205,8 @@ pub struct ChangesArgs {
     #[arg(long)]
     pub drop_slot: bool,
 
-    /// Folder of the change files (created when missing).
-    #[arg(long, short, value_name = "DIR", default_value = "exports/changes")]
-    pub output: PathBuf,
-
-    /// Format of the change files.
-    #[arg(long, value_enum, default_value_t = ChangeFormat::Csv)]
-    pub format: ChangeFormat,
+    #[command(flatten)]
+    pub output: OutputArgs,
 
     /// Changes per file at most (whole transactions: a larger one gets a file of its own).
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -188,39 +216,47 @@ pub struct ChangesArgs {
     #[arg(long)]
     pub follow: bool,
 
-    /// When another run is reading the same slot, wait for it to finish instead of failing.
-    #[arg(long)]
-    pub wait: bool,
-
     /// Seconds between files with --follow.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_interval: u64,
-
-    /// PostgreSQL connection: a postgres:// URL or a libpq "key=value" string.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
-
-    /// No notices on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
 }
 
-/// Formats of change files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ChangeFormat {
-    Csv,
-    Parquet,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Where `generate` writes: exactly one of these.
-#[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-pub struct TargetArgs {
-    /// PostgreSQL database to fill: a postgres:// URL or a libpq "key=value" string.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        try_parse_from(std::iter::once("export-events").chain(args.iter().copied()))
+    }
 
-    /// DuckDB database file to fill (created when missing).
-    #[arg(long, value_name = "FILE")]
-    pub duckdb: Option<PathBuf>,
+    #[test]
+    fn connection_and_quiet_go_before_or_after_the_subcommand() {
+        for args in [
+            &["--database-url", "x=y", "-q", "changes", "--slot", "s"][..],
+            &["changes", "--slot", "s", "--database-url", "x=y", "-q"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.global.database_url.as_deref(), Some("x=y"), "{args:?}");
+            assert!(cli.global.quiet);
+            assert!(matches!(cli.command, Some(Command::Changes(_))));
+        }
+    }
+
+    #[test]
+    fn export_flags_before_a_subcommand_are_refused() {
+        let err = parse(&["--since", "1d", "changes", "--slot", "s"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        assert!(
+            err.to_string().contains("--since belongs to the export"),
+            "{err}"
+        );
+        let cli = parse(&[
+            "changes", "--slot", "s", "--output", "d", "--format", "both",
+        ])
+        .unwrap();
+        let Some(Command::Changes(changes)) = cli.command else {
+            panic!("changes")
+        };
+        assert_eq!(changes.output.format.0.len(), 2);
+    }
 }

@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use export_events::{cli::Cli, error};
+use export_events::{cli, error};
 
 fn main() -> ExitCode {
-    match export_events::run(Cli::parse()) {
+    match export_events::run(cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", error::one_line(&err));

@@ -2,13 +2,15 @@
 //! elapsed time and ETA, on stderr, a few redraws a second; then a one-line summary.
 //!
 //! Drawn only when stderr is a terminal and `--quiet` is off (never in cron, CI or pipes). The
-//! total is known before the first row, exact or PostgreSQL's estimate, and the bar says which.
-//! The text helpers are pure and unit-tested; indicatif does the drawing.
+//! total is known before the first row, exact or PostgreSQL's estimate, and the bar says which
+//! (`~`). Counts, durations and rates are indicatif's own formatting.
 
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use indicatif::{
+    HumanCount, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
+};
 
 /// Redraws a second.
 const REFRESH_HZ: u8 = 4;
@@ -56,13 +58,7 @@ impl Progress {
             .with_key(
                 "rate",
                 |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = w.write_str(&rate(state.pos(), state.elapsed()));
-                },
-            )
-            .with_key(
-                "left",
-                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = w.write_str(&eta(state.pos(), state.len(), state.elapsed()));
+                    let _ = w.write_str(&rate(state.per_sec()));
                 },
             )
             .progress_chars("=> ");
@@ -97,8 +93,8 @@ impl Drop for Progress {
     }
 }
 
-/// The bar's layout; an estimated total shows as `~N`.
-pub fn template(total: Total) -> String {
+/// The bar's layout; an estimated total shows as `~N` (what indicatif does not know).
+fn template(total: Total) -> String {
     let approx = if matches!(total, Total::Estimate(_)) {
         "~"
     } else {
@@ -106,105 +102,30 @@ pub fn template(total: Total) -> String {
     };
     format!(
         "{{spinner}} [{{wide_bar}}] {{human_pos}}/{approx}{{human_len}} events ({{percent}}%), \
-         {{rate}}, {{elapsed}} elapsed, {{left}}"
+         {{rate}}, {{elapsed}} elapsed, ETA {{eta}}"
     )
 }
 
-/// `1,234,567`.
-pub fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+/// `812,345 events/s`.
+fn rate(per_sec: f64) -> String {
+    format!("{} events/s", HumanCount(per_sec.max(0.0) as u64))
 }
 
-/// Throughput: `812k events/s`, `1.2M events/s`, `35 events/s`.
-pub fn rate(rows: u64, elapsed: Duration) -> String {
+/// The line that replaces the bar: `Wrote 1,000,000 events in 2 seconds (476,190 events/s)`.
+fn summary(rows: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
-    if secs <= 0.0 {
-        return "- events/s".into();
-    }
-    let per_sec = rows as f64 / secs;
-    match per_sec {
-        r if r >= 1e6 => format!("{:.1}M events/s", r / 1e6),
-        r if r >= 1e4 => format!("{:.0}k events/s", r / 1e3),
-        r => format!("{r:.0} events/s"),
-    }
-}
-
-/// Time left at the current rate: `ETA 12s`, `ETA 3m05s`; `ETA -` before any row.
-pub fn eta(pos: u64, len: Option<u64>, elapsed: Duration) -> String {
-    match len {
-        Some(len) if pos > 0 => {
-            let left = elapsed.as_secs_f64() * len.saturating_sub(pos) as f64 / pos as f64;
-            format!("ETA {}", duration(Duration::from_secs_f64(left)))
-        }
-        _ => "ETA -".into(),
-    }
-}
-
-/// `850ms`, `12.3s`, `3m05s`, `1h02m`.
-pub fn duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0 => format!("{}ms", d.as_millis()),
-        1..=59 => format!("{:.1}s", d.as_secs_f64()),
-        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
-        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
-    }
-}
-
-/// The line that replaces the bar: `Wrote 1,000,000 events in 1.2s (833k events/s)`.
-pub fn summary(rows: u64, elapsed: Duration) -> String {
+    let per_sec = if secs > 0.0 { rows as f64 / secs } else { 0.0 };
     format!(
         "Wrote {} events in {} ({})",
-        count(rows),
-        duration(elapsed),
-        rate(rows, elapsed)
+        HumanCount(rows),
+        HumanDuration(elapsed),
+        rate(per_sec)
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_have_thousands_separators() {
-        assert_eq!(count(0), "0");
-        assert_eq!(count(999), "999");
-        assert_eq!(count(1_000), "1,000");
-        assert_eq!(count(10_000_000), "10,000,000");
-    }
-
-    #[test]
-    fn rates_scale_their_unit() {
-        assert_eq!(rate(35, Duration::from_secs(1)), "35 events/s");
-        assert_eq!(rate(812_000, Duration::from_secs(1)), "812k events/s");
-        assert_eq!(rate(2_400_000, Duration::from_secs(2)), "1.2M events/s");
-        assert_eq!(rate(5, Duration::ZERO), "- events/s");
-    }
-
-    #[test]
-    fn eta_follows_the_current_rate() {
-        assert_eq!(eta(0, Some(100), Duration::from_secs(3)), "ETA -");
-        assert_eq!(eta(25, Some(100), Duration::from_secs(10)), "ETA 30.0s");
-        assert_eq!(eta(1, Some(1_000), Duration::from_secs(1)), "ETA 16m39s");
-        assert_eq!(eta(150, Some(100), Duration::from_secs(1)), "ETA 0ms");
-        assert_eq!(eta(10, None, Duration::from_secs(1)), "ETA -");
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(duration(Duration::from_millis(850)), "850ms");
-        assert_eq!(duration(Duration::from_millis(12_340)), "12.3s");
-        assert_eq!(duration(Duration::from_secs(185)), "3m05s");
-        assert_eq!(duration(Duration::from_secs(3_720)), "1h02m");
-    }
 
     #[test]
     fn estimated_totals_are_marked() {
@@ -215,8 +136,8 @@ mod tests {
     #[test]
     fn summary_line() {
         assert_eq!(
-            summary(1_000_000, Duration::from_millis(1_200)),
-            "Wrote 1,000,000 events in 1.2s (833k events/s)"
+            summary(1_000_000, Duration::from_millis(2_100)),
+            "Wrote 1,000,000 events in 2 seconds (476,190 events/s)"
         );
     }
 }

@@ -1,17 +1,29 @@
 //! The CSV the original command wrote, byte for byte: Python's `csv.writer` defaults (comma,
 //! minimal quoting, `""` for a quote, CRLF after every line, NULL as nothing) over the text of
-//! [`super::text`]. The encoding itself is the `csv` crate's; this module only picks the text.
+//! [`super::text`]. The encoding itself is the `csv` crate's; this module only picks the text of
+//! each value from its column's type, so any schema of the model (exports, change files) works.
 
 use std::io::BufWriter;
 
 use anyhow::{bail, Context as _, Result};
-use arrow::array::{Array, AsArray, BooleanArray, PrimitiveArray};
-use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
+use arrow::array::{Array, AsArray, BooleanArray, PrimitiveArray, StringArray, StringViewArray};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 
+use super::format::{Encoding, Format};
 use super::text::{boolean, push_timestamp};
 use super::{AtomicFile, Sink, Target};
-use crate::query::COLUMNS;
+
+/// The registry's entry.
+pub const FORMAT: Format = Format {
+    name: "csv",
+    extension: "csv",
+    create,
+};
+
+fn create(target: &Target, schema: SchemaRef, _: &Encoding) -> Result<Box<dyn Sink>> {
+    Ok(Box::new(CsvSink::create(target, &schema)?))
+}
 
 /// Buffer size between the encoder and the file.
 const BUFFER: usize = 1 << 20;
@@ -24,15 +36,15 @@ pub struct CsvSink {
 }
 
 impl CsvSink {
-    /// Starts the file and writes the header.
-    pub fn create(target: &Target) -> Result<Self> {
+    /// Starts the file and writes the header (the schema's column names).
+    pub fn create(target: &Target, schema: &SchemaRef) -> Result<Self> {
         let file = BufWriter::with_capacity(BUFFER, AtomicFile::create(target)?);
         let mut writer = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .quote_style(csv::QuoteStyle::Necessary)
             .from_writer(file);
         writer
-            .write_record(COLUMNS)
+            .write_record(schema.fields().iter().map(|f| f.name()))
             .context("writing the CSV header")?;
         Ok(Self {
             writer,
@@ -41,38 +53,43 @@ impl CsvSink {
         })
     }
 
-    fn write_row(&mut self, c: &Columns, row: usize) -> csv::Result<()> {
+    fn write_rows(&mut self, columns: &[Values], rows: usize) -> csv::Result<()> {
         let mut ints = itoa::Buffer::new();
         let w = &mut self.writer;
-        w.write_field(ints.format(c.id.value(row)))?;
-        self.field.clear();
-        push_timestamp(&mut self.field, c.timestamp.value(row));
-        w.write_field(&self.field)?;
-        w.write_field(c.rule.get(row))?;
-        w.write_field(if c.acknowledged.is_null(row) {
-            &b""[..]
-        } else {
-            boolean(c.acknowledged.value(row))
-        })?;
-        for ids in [c.telemetry, c.device] {
-            if ids.is_null(row) {
-                w.write_field([])?;
-            } else {
-                w.write_field(ints.format(ids.value(row)))?;
+        for row in 0..rows {
+            for column in columns {
+                if column.is_null(row) {
+                    w.write_field([])?;
+                    continue;
+                }
+                match column {
+                    Values::Int64(a) => w.write_field(ints.format(a.value(row)))?,
+                    Values::Timestamp(a) => {
+                        self.field.clear();
+                        push_timestamp(&mut self.field, a.value(row));
+                        w.write_field(&self.field)?;
+                    }
+                    Values::Text(a) => w.write_field(a.value(row))?,
+                    Values::TextView(a) => w.write_field(a.value(row))?,
+                    Values::Bool(a) => w.write_field(boolean(a.value(row)))?,
+                }
             }
+            w.write_record(None::<&[u8]>)?;
         }
-        w.write_record(None::<&[u8]>)
+        Ok(())
     }
 }
 
 impl Sink for CsvSink {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        let columns = Columns::of(batch)?;
-        for row in 0..batch.num_rows() {
-            self.write_row(&columns, row)
-                .with_context(|| format!("writing {}", self.target.path.display()))?;
-        }
-        Ok(())
+        let columns = batch
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, array)| Values::of(array.as_ref(), batch.schema().field(i).name()))
+            .collect::<Result<Vec<_>>>()?;
+        self.write_rows(&columns, batch.num_rows())
+            .with_context(|| format!("writing {}", self.target.path.display()))
     }
 
     fn close(self: Box<Self>) -> Result<AtomicFile> {
@@ -83,78 +100,37 @@ impl Sink for CsvSink {
     }
 }
 
-/// The typed columns of one batch of the export query.
-struct Columns<'a> {
-    id: &'a PrimitiveArray<Int64Type>,
-    timestamp: &'a PrimitiveArray<TimestampMicrosecondType>,
-    rule: Strings<'a>,
-    acknowledged: &'a BooleanArray,
-    telemetry: &'a PrimitiveArray<Int64Type>,
-    device: &'a PrimitiveArray<Int64Type>,
+/// One column of a batch, typed by what its text is.
+enum Values<'a> {
+    Int64(&'a PrimitiveArray<Int64Type>),
+    Timestamp(&'a PrimitiveArray<TimestampMicrosecondType>),
+    Text(&'a StringArray),
+    /// Strings as DuckDB may hand them over.
+    TextView(&'a StringViewArray),
+    Bool(&'a BooleanArray),
 }
 
-impl<'a> Columns<'a> {
-    fn of(batch: &'a RecordBatch) -> Result<Self> {
-        if batch.num_columns() != COLUMNS.len() {
-            bail!(
-                "the export query returned {} columns, expected {}",
-                batch.num_columns(),
-                COLUMNS.len()
-            );
-        }
-        let column = |i: usize| batch.column(i).as_ref();
-        let int64 = |i: usize| {
-            column(i)
-                .as_primitive_opt::<Int64Type>()
-                .with_context(|| unexpected(batch, i))
-        };
-        let timestamp = match column(1).data_type() {
+impl<'a> Values<'a> {
+    fn of(array: &'a dyn Array, name: &str) -> Result<Self> {
+        Ok(match array.data_type() {
+            DataType::Int64 => Values::Int64(array.as_primitive()),
             DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                column(1).as_primitive::<TimestampMicrosecondType>()
+                Values::Timestamp(array.as_primitive())
             }
-            _ => bail!(unexpected(batch, 1)),
-        };
-        Ok(Self {
-            id: int64(0)?,
-            timestamp,
-            rule: Strings::of(column(2)).with_context(|| unexpected(batch, 2))?,
-            acknowledged: column(3)
-                .as_boolean_opt()
-                .with_context(|| unexpected(batch, 3))?,
-            telemetry: int64(4)?,
-            device: int64(5)?,
+            DataType::Utf8 => Values::Text(array.as_string()),
+            DataType::Utf8View => Values::TextView(array.as_string_view()),
+            DataType::Boolean => Values::Bool(array.as_boolean()),
+            other => bail!("column {name} has unexpected type {other}"),
         })
     }
-}
 
-fn unexpected(batch: &RecordBatch, i: usize) -> String {
-    format!(
-        "column {} has unexpected type {}",
-        COLUMNS[i],
-        batch.column(i).data_type()
-    )
-}
-
-/// A string column as DuckDB hands it over (plain or view layout); NULL reads as empty.
-#[derive(Clone, Copy)]
-enum Strings<'a> {
-    Plain(&'a arrow::array::StringArray),
-    View(&'a arrow::array::StringViewArray),
-}
-
-impl<'a> Strings<'a> {
-    fn of(array: &'a dyn Array) -> Option<Self> {
-        array
-            .as_string_opt::<i32>()
-            .map(Strings::Plain)
-            .or_else(|| array.as_string_view_opt().map(Strings::View))
-    }
-
-    fn get(self, row: usize) -> &'a [u8] {
+    fn is_null(&self, row: usize) -> bool {
         match self {
-            Strings::Plain(a) if !a.is_null(row) => a.value(row).as_bytes(),
-            Strings::View(a) if !a.is_null(row) => a.value(row).as_bytes(),
-            _ => b"",
+            Values::Int64(a) => a.is_null(row),
+            Values::Timestamp(a) => a.is_null(row),
+            Values::Text(a) => a.is_null(row),
+            Values::TextView(a) => a.is_null(row),
+            Values::Bool(a) => a.is_null(row),
         }
     }
 }

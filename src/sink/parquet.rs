@@ -1,48 +1,39 @@
-//! Typed Parquet for analysts: `id` INT64, `timestamp` TIMESTAMP (microseconds, UTC-adjusted),
-//! `rule` string, `acknowledged` BOOLEAN, the two trigger ids nullable INT64; same row order as
-//! the CSV. Encoded by the `parquet` crate's `ArrowWriter` from the export's Arrow batches.
-
-use std::sync::Arc;
+//! Typed Parquet for analysts, in the model's schema (`id` INT64, `timestamp` TIMESTAMP in
+//! microseconds, UTC-adjusted, `rule` string, ...), same row order as the CSV. Encoded by the
+//! `parquet` crate's `ArrowWriter` from the Arrow batches; row groups of about 1M rows or 128 MB.
 
 use anyhow::{Context as _, Result};
 use arrow::array::ArrayRef;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as Codec, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use super::format::{Compression, Encoding, Format};
 use super::{AtomicFile, Sink, Target};
-use crate::cli::Compression;
-use crate::query::COLUMNS;
+
+/// The registry's entry.
+pub const FORMAT: Format = Format {
+    name: "parquet",
+    extension: "parquet",
+    create,
+};
+
+fn create(target: &Target, schema: SchemaRef, encoding: &Encoding) -> Result<Box<dyn Sink>> {
+    Ok(Box::new(ParquetSink::create(
+        target,
+        schema,
+        encoding.compression,
+    )?))
+}
 
 /// A row group ends at about 1M rows or 128 MB, whichever comes first.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
 pub const ROW_GROUP_BYTES: usize = 128 << 20;
 
-/// The Parquet schema of an export.
-pub fn schema() -> SchemaRef {
-    let types = [
-        (DataType::Int64, false),
-        (
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        (DataType::Utf8, false),
-        (DataType::Boolean, false),
-        (DataType::Int64, true),
-        (DataType::Int64, true),
-    ];
-    let fields = COLUMNS
-        .iter()
-        .zip(types)
-        .map(|(name, (ty, nullable))| Field::new(*name, ty, nullable));
-    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
-}
-
-/// How every Parquet file of the project is encoded: the codec, row groups of about 1M rows or
-/// 128 MB, and who wrote it.
-pub fn properties(compression: Compression) -> WriterProperties {
+/// How every Parquet file of the project is encoded: the codec, the row groups, who wrote it.
+fn properties(compression: Compression) -> WriterProperties {
     let codec = match compression {
         Compression::Zstd => Codec::ZSTD(ZstdLevel::default()),
         Compression::Snappy => Codec::SNAPPY,
@@ -66,8 +57,7 @@ pub struct ParquetSink {
 
 impl ParquetSink {
     /// Starts the file.
-    pub fn create(target: &Target, compression: Compression) -> Result<Self> {
-        let schema = schema();
+    pub fn create(target: &Target, schema: SchemaRef, compression: Compression) -> Result<Self> {
         let writer = ArrowWriter::try_new(
             AtomicFile::create(target)?,
             schema.clone(),
@@ -84,7 +74,7 @@ impl ParquetSink {
 
 impl Sink for ParquetSink {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        // Same layout, declared types: a cast is free where DuckDB's type already matches.
+        // Same layout, declared types: a cast is free where the batch's type already matches.
         let columns = batch
             .columns()
             .iter()

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::cli::SourceArgs;
 use crate::error::UsageError;
 
 /// The resolved source of the export.
@@ -123,15 +122,35 @@ impl Env {
     }
 }
 
+/// What the command line asked for as a source; at most one of them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Requested<'a> {
+    pub database_url: Option<&'a str>,
+    pub duckdb: Option<&'a Path>,
+    pub demo: bool,
+}
+
 /// Picks the source for an export.
-pub fn resolve(args: &SourceArgs, env: &Env) -> Result<Source, UsageError> {
-    if let Some(file) = &args.duckdb {
-        return Ok(Source::DuckDbFile(file.clone()));
+pub fn resolve(requested: Requested, env: &Env) -> Result<Source, UsageError> {
+    let given = [
+        requested.database_url.map(|_| "--database-url"),
+        requested.duckdb.map(|_| "--duckdb"),
+        requested.demo.then_some("--demo"),
+    ];
+    let given: Vec<&str> = given.into_iter().flatten().collect();
+    if let [first, second, ..] = given[..] {
+        return Err(UsageError(format!(
+            "{first} and {second} both name a source: give one of --database-url, --duckdb \
+             and --demo"
+        )));
     }
-    if args.demo {
+    if let Some(file) = requested.duckdb {
+        return Ok(Source::DuckDbFile(file.to_owned()));
+    }
+    if requested.demo {
         return Ok(Source::Demo);
     }
-    resolve_postgres(args.database_url.as_deref(), env).map(Source::Postgres)
+    resolve_postgres(requested.database_url, env).map(Source::Postgres)
 }
 
 /// The PostgreSQL connection from the flag, else the environment, in the documented order.
@@ -312,7 +331,7 @@ mod tests {
 
     #[test]
     fn nothing_configured_names_every_option_and_the_demo() {
-        let err = resolve(&SourceArgs::default(), &env(&[("PGPASSWORD", "x")], &[])).unwrap_err();
+        let err = resolve(Requested::default(), &env(&[("PGPASSWORD", "x")], &[])).unwrap_err();
         for word in ["--database-url", "DATABASE_URL", "DB_NAME", "PG*", "--demo"] {
             assert!(err.0.contains(word), "{word} missing from {err}");
         }
@@ -320,22 +339,28 @@ mod tests {
 
     #[test]
     fn explicit_embedded_sources_win() {
-        let args = SourceArgs {
+        let demo = Requested {
             demo: true,
-            ..SourceArgs::default()
+            ..Requested::default()
         };
         assert!(matches!(
-            resolve(&args, &env(&[("DATABASE_URL", "a=b")], &[])),
+            resolve(demo, &env(&[("DATABASE_URL", "a=b")], &[])),
             Ok(Source::Demo)
         ));
-        let args = SourceArgs {
-            duckdb: Some("x.duckdb".into()),
-            ..SourceArgs::default()
+        let file = Requested {
+            duckdb: Some(Path::new("x.duckdb")),
+            ..Requested::default()
         };
         assert!(matches!(
-            resolve(&args, &Env::default()),
+            resolve(file, &Env::default()),
             Ok(Source::DuckDbFile(_))
         ));
+        let both = Requested { demo: true, ..file };
+        let err = resolve(both, &Env::default()).unwrap_err();
+        assert!(
+            err.0.starts_with("--duckdb and --demo both name a source"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -22,38 +22,37 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 
+mod state;
+
 use crate::cancel::{self, Mode};
-use crate::cli::{ExportArgs, Format};
-use crate::engine::Engine;
+use crate::cli::ExportArgs;
+use crate::context::Context;
 use crate::error::UsageError;
-use crate::export::{self, Exported};
 use crate::fault;
 use crate::lock::RunLock;
+use crate::model;
+use crate::pipeline::{self, Exported};
 use crate::progress::Progress;
-use crate::query::{self, Dialect, Window};
-use crate::settings::{self, Env, Source};
-use crate::since;
+use crate::sink::format::Format;
 use crate::sink::{self, Target};
-use crate::state::{self, Identity, LastRun, State, DEFAULT_STATE};
+use crate::source::engine::Engine;
+use crate::source::query::{self, in_postgres, Dialect, Window};
+use crate::source::settings::Source;
+use state::{Identity, LastRun, State, DEFAULT_STATE};
 
-/// Where each run's file goes without `--output`; `{time}` is the run's UTC time.
-const DEFAULT_TEMPLATE: [&str; 2] = ["exports/events_{time}.csv", "exports/events_{time}.parquet"];
+/// Where each run's files go without `--output`; `{time}` is the run's UTC time.
+const DEFAULT_TEMPLATE: &str = "exports/events_{time}";
 const TIME: &str = "{time}";
 /// The widest window `age()` can tell apart.
 const AGE_LIMIT: i64 = i32::MAX as i64;
 
 /// One incremental run.
-pub fn export(args: &ExportArgs) -> Result<Exported> {
-    let started = Utc::now();
-    let since = args
-        .since
-        .as_deref()
-        .map(|text| since::parse(text, started))
-        .transpose()?;
-    let cwd = std::env::current_dir().context("reading the working directory")?;
-    let targets = targets(args, started, &cwd)?;
-    let state_target = Target::resolve_flag("--state", args.state.as_deref(), DEFAULT_STATE, &cwd)?;
-    let source = settings::resolve(&args.source, &Env::load(&cwd)?)?;
+pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
+    let since = ctx.since(args.since.as_deref())?;
+    let targets = targets(ctx, args)?;
+    let state_target =
+        Target::resolve_flag("--state", args.state.as_deref(), DEFAULT_STATE, &ctx.cwd)?;
+    let source = ctx.source(args.duckdb.as_deref(), args.demo)?;
     let Source::Postgres(pg) = &source else {
         bail!(UsageError(
             "--incremental follows PostgreSQL's transaction ids: give a PostgreSQL source \
@@ -61,7 +60,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
                 .into()
         ));
     };
-    let _lock = lock(&state_target.path, args)?;
+    let _lock = lock(&state_target.path, ctx)?;
     sink::recover(&state_target.path)?;
     let previous = if args.reset_state {
         None
@@ -78,20 +77,19 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
     }
     cancel::install(Mode::Cancel)?;
 
-    let (engine, _, described) = export::open(&source, &cwd, args.quiet)?;
-    engine.require_tables(&["events", "rules"], &described)?;
+    let engine = crate::source::open(&source)?.engine;
     // DuckDB's transaction is a REPEATABLE READ one in PostgreSQL: one snapshot for all below.
     run_sql(&engine, "BEGIN TRANSACTION")?;
     let snapshot = Snapshot::read(&engine)?;
     let mut state = match previous {
         Some(previous) => {
             previous.check_source(&snapshot.source, &state_target.path)?;
-            remove_leftovers(&previous.pending, args.quiet)?;
+            remove_leftovers(&previous.pending, ctx.quiet)?;
             previous
         }
         None => State::empty(snapshot.source.clone()),
     };
-    let window = snapshot.window(horizon, since, args.quiet, pg.origin)?;
+    let window = snapshot.window(horizon, since, ctx.quiet, pg.origin)?;
     // Named before they exist, so that a run interrupted from here on is undone by the next.
     state.pending = targets
         .iter()
@@ -102,15 +100,16 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
 
     // A first run is a whole export and gets its bar; later ones are small, and sizing them
     // would cost a second scan.
-    let progress = match window.at_most {
-        None => export::progress_bar(&engine, since, Dialect::Postgres, args.quiet)?,
+    let progress = match window.start_age {
+        None => pipeline::progress_bar(&engine, since, Dialect::Postgres, ctx.quiet)?,
         Some(_) => Progress::hidden(),
     };
-    let (rows, files) = export::write_files(
+    let (rows, files) = pipeline::write_files(
         &engine,
         &query::changed_events(&window),
+        model::event_schema(),
         &targets,
-        args.compression,
+        &Context::encoding(&args.output),
         &progress,
     )?;
     run_sql(&engine, "COMMIT")?;
@@ -118,7 +117,7 @@ pub fn export(args: &ExportArgs) -> Result<Exported> {
     let paths: Vec<PathBuf> = if rows > 0 || args.write_empty {
         sink::commit_all(files)?;
         fault::point("incremental.committed");
-        targets.into_iter().map(|(t, _)| t.path).collect()
+        pipeline::paths(targets)
     } else {
         drop(files); // removes the temporary files before `pending` forgets them
         Vec::new()
@@ -155,9 +154,10 @@ fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
 }
 
 /// This run's files: the template with `{time}` filled in; never an existing file.
-fn targets(args: &ExportArgs, started: DateTime<Utc>, cwd: &Path) -> Result<Vec<(Target, Format)>> {
-    let stamp = started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+fn targets(ctx: &Context, args: &ExportArgs) -> Result<Vec<(Target, &'static Format)>> {
+    let stamp = ctx.started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
     let template = args
+        .output
         .output
         .as_deref()
         .map(|p| p.to_string_lossy().into_owned());
@@ -170,13 +170,8 @@ fn targets(args: &ExportArgs, started: DateTime<Utc>, cwd: &Path) -> Result<Vec<
         }
     }
     let output = template.map(|t| PathBuf::from(t.replace(TIME, &stamp)));
-    let defaults = DEFAULT_TEMPLATE.map(|t| t.replace(TIME, &stamp));
-    let targets = export::targets(
-        output.as_deref(),
-        args.format,
-        [&defaults[0], &defaults[1]],
-        cwd,
-    )?;
+    let default = DEFAULT_TEMPLATE.replace(TIME, &stamp);
+    let targets = ctx.targets(output.as_deref(), &args.output, &default)?;
     if let Some((taken, _)) = targets.iter().find(|(t, _)| t.path.exists()) {
         bail!(UsageError(format!(
             "{} already exists: each incremental run writes a new file; did the clock go back?",
@@ -187,13 +182,13 @@ fn targets(args: &ExportArgs, started: DateTime<Utc>, cwd: &Path) -> Result<Vec<
 }
 
 /// Holds an exclusive lock on `<state>.lock` for the run.
-fn lock(state: &Path, args: &ExportArgs) -> Result<RunLock> {
+fn lock(state: &Path, ctx: &Context) -> Result<RunLock> {
     let mut name = state.as_os_str().to_owned();
     name.push(".lock");
     RunLock::acquire(
         Path::new(&name),
         &format!("state file {}", state.display()),
-        export::wait(args),
+        ctx.wait,
     )
 }
 
@@ -219,7 +214,7 @@ impl Snapshot {
     fn read(engine: &Engine) -> Result<Self> {
         engine
             .connection()
-            .query_row(&query::in_postgres(Self::SQL), [], |row| {
+            .query_row(&in_postgres(Self::SQL), [], |row| {
                 Ok(Self {
                     horizon: row.get::<_, i64>(0)? as u64,
                     horizon_age: row.get(1)?,
@@ -243,7 +238,7 @@ impl Snapshot {
         origin: &str,
     ) -> Result<Window> {
         let reference = self.horizon + self.horizon_age as u64;
-        let at_most = match previous {
+        let start_age = match previous {
             None => None,
             Some(previous) if previous > self.horizon => bail!(
                 "the state's horizon {previous} is ahead of this server's ({}; settings from \
@@ -267,8 +262,8 @@ impl Snapshot {
             }
         };
         Ok(Window {
-            younger_than: self.horizon_age,
-            at_most,
+            end_age: self.horizon_age,
+            start_age,
             since,
         })
     }

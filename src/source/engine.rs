@@ -13,8 +13,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 
-use crate::settings::PgConnection;
-use crate::{cancel, extension};
+use super::extension;
+use super::settings::PgConnection;
+use crate::cancel;
 
 /// The catalog name every source is attached under.
 pub const CATALOG: &str = "src";
@@ -27,6 +28,13 @@ const FETCH_PANIC: &str = "Failed to fetch Arrow record batch";
 /// An in-memory DuckDB with the source attached.
 pub struct Engine {
     conn: Connection,
+}
+
+impl From<Connection> for Engine {
+    /// Another connection to the same DuckDB (from `Connection::try_clone`).
+    fn from(conn: Connection) -> Self {
+        Self { conn }
+    }
 }
 
 /// How a source is attached.
@@ -169,10 +177,8 @@ impl Engine {
             .context("running the export query")?;
         let mut rows = 0u64;
         let _watch = cancel::Watch::new(&self.conn);
-        // duckdb-rs panics when fetching a later batch fails (a dropped connection, say):
-        // turn that into an error, and keep its panic message off stderr.
-        let _quiet = QuietFetchPanics::install();
         loop {
+            // duckdb-rs panics when fetching a later batch fails: see `install_panic_policy`.
             let next = panic::catch_unwind(AssertUnwindSafe(|| batches.next()))
                 .map_err(|payload| anyhow!(session_error(&panic_text(payload.as_ref()))))
                 .context("reading the query result")?;
@@ -283,27 +289,20 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .to_owned()
 }
 
-/// While alive, the panic hook stays silent for duckdb-rs's fetch panics (reported as errors
-/// instead) and prints every other panic as before.
-struct QuietFetchPanics;
-
-impl QuietFetchPanics {
-    fn install() -> Self {
+/// duckdb-rs panics when fetching a streamed batch fails (a dropped connection, say) instead of
+/// returning an error (<https://github.com/duckdb/duckdb-rs/pull/664> changes that).
+/// [`Engine::for_each_batch`] catches that panic and reports it as an error; this hook, installed
+/// once at start, keeps its message off stderr and hands every other panic to the previous hook.
+pub fn install_panic_policy() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if !payload_text(info.payload()).is_some_and(|t| t.starts_with(FETCH_PANIC)) {
                 previous(info);
             }
         }));
-        Self
-    }
-}
-
-impl Drop for QuietFetchPanics {
-    fn drop(&mut self) {
-        // The default hook again; nothing else in the program installs one.
-        drop(panic::take_hook());
-    }
+    });
 }
 
 #[cfg(test)]

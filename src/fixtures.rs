@@ -1,4 +1,4 @@
-//! Deterministic fixture databases: the IoT Hub's `rules` and `events` tables filled with
+//! Deterministic fixture databases (for `export-events generate`, the demo, tests and benches): the IoT Hub's `rules` and `events` tables filled with
 //! synthetic events, in PostgreSQL or a DuckDB file, and the demo database built from them.
 //!
 //! The data is computed by DuckDB from `hash(id, seed)`, so the same seed gives the same rows on
@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cli::GenerateArgs;
-use crate::engine::{literal, Access, Engine, CATALOG};
 use crate::error::UsageError;
-use crate::progress::{self, Progress, Total};
-use crate::settings::{self, Env};
+use crate::progress::Progress;
+use crate::source::engine::{literal, Access, Engine, CATALOG};
+use crate::source::settings::Source;
 
 /// The awkward sample data every fixture starts with.
 const SAMPLE: &str = include_str!("../fixtures/compat/sample.sql");
@@ -44,43 +43,23 @@ pub struct Plan {
     pub rules: u32,
 }
 
-/// `export-events generate`.
-pub fn run(args: &GenerateArgs) -> Result<()> {
-    let plan = Plan {
-        rows: args.rows,
-        seed: args.seed,
-        rules: args.rules,
-    };
-    let started = std::time::Instant::now();
-    let progress = if progress::wanted(args.quiet) {
-        Progress::start(Total::Exact(plan.rows))
-    } else {
-        Progress::hidden()
-    };
-    let described = if let Some(path) = &args.target.duckdb {
-        into_duckdb(path, plan, args.replace, &progress)?;
-        format!("DuckDB file {}", path.display())
-    } else {
-        let cwd = std::env::current_dir().context("reading the working directory")?;
-        let pg =
-            settings::resolve_postgres(args.target.database_url.as_deref(), &Env::load(&cwd)?)?;
-        let engine = Engine::postgres(&pg, Access::ReadWrite)?;
-        into_postgres(&engine, plan, args.replace, &progress)?;
-        format!("PostgreSQL (settings from {})", pg.origin)
-    };
-    progress.finish(plan.rows);
-    println!(
-        "Generated {} events and {} rules (seed {}) in {described} in {:.1} s",
-        plan.rows,
-        plan.rules,
-        plan.seed,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+/// The demo source as the DuckDB file it is (made on first use); other sources as they are.
+pub fn demo(source: Source, cwd: &Path, quiet: bool) -> Result<Source> {
+    if !matches!(source, Source::Demo) {
+        return Ok(source);
+    }
+    let path = ensure_demo(cwd, quiet)?;
+    if !quiet {
+        eprintln!(
+            "export-events: reading the demo database {}",
+            path.display()
+        );
+    }
+    Ok(Source::DuckDbFile(path))
 }
 
 /// Makes the demo database under `cwd` when it is missing; returns its path.
-pub fn ensure_demo(cwd: &Path, quiet: bool) -> Result<PathBuf> {
+fn ensure_demo(cwd: &Path, quiet: bool) -> Result<PathBuf> {
     let path = cwd.join(DEMO_PATH);
     if path.is_file() {
         return Ok(path);

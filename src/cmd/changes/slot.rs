@@ -1,99 +1,22 @@
-//! `export-events changes`: every insert, update and delete of `events` (and renames of
-//! `rules`, which change the `rule` column of past events), in commit order, from a logical
-//! replication slot, without Kafka or a JVM.
-//!
-//! Built on what PostgreSQL has: the `pgoutput` plugin with a publication of the two tables,
-//! read with `pg_logical_slot_peek_binary_changes` through DuckDB's `postgres_query`. Each batch
-//! of whole transactions becomes one file named by its LSN range ([`files`]); only once the file
-//! is durable does `pg_replication_slot_advance` confirm it. A crash before that re-reads the
-//! same changes and rewrites the same file: at-least-once from PostgreSQL, exactly once in the
-//! files.
-
-mod files;
-pub mod pgoutput;
-mod stream;
+//! A slot's lifecycle and the SQL that talks to it: create the publication and the slot, check
+//! it exists, drop it, show its lag, read its confirmed position; PostgreSQL's errors turned into
+//! what to change (a setting, a privilege, a missing slot).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::cancel::{self, Mode};
-use crate::cli::ChangesArgs;
-use crate::engine::{literal, Access, Engine, CATALOG};
+use super::pgoutput::Lsn;
 use crate::error::UsageError;
-use crate::fault;
-use crate::lock::{RunLock, Wait};
-use crate::query::in_postgres;
-use crate::settings::{self, Env, PgConnection};
-use pgoutput::Lsn;
+use crate::source::engine::{literal, Engine, CATALOG};
+use crate::source::query::in_postgres;
+use crate::source::settings::PgConnection;
 
 /// Retained WAL beyond which `--status` warns.
 const WAL_WARNING_BYTES: i64 = 1 << 30;
 
-/// `export-events changes`.
-pub fn run(args: &ChangesArgs) -> Result<()> {
-    check_slot_name(&args.slot)?;
-    let cwd = std::env::current_dir().context("reading the working directory")?;
-    let pg = settings::resolve_postgres(args.database_url.as_deref(), &Env::load(&cwd)?)?;
-    let engine = Engine::postgres(&pg, Access::ReadWrite)?.single_threaded()?;
-    let feed = Feed {
-        engine: &engine,
-        pg: &pg,
-        slot: &args.slot,
-    };
-    let folder = cwd.join(&args.output);
-    if args.create_slot {
-        return feed.create(&folder);
-    }
-    feed.require_slot()?;
-    if args.drop_slot {
-        return feed.drop();
-    }
-    if args.status {
-        return feed.status();
-    }
-    // With --follow a signal means "finish the file you are on, then stop"; otherwise the run
-    // stops at once and its unfinished file is removed.
-    cancel::install(if args.follow {
-        Mode::Finish
-    } else {
-        Mode::Cancel
-    })?;
-    let wait = if args.wait {
-        Wait::Yes { quiet: args.quiet }
-    } else {
-        Wait::No
-    };
-    // One run per slot: another one could confirm and then see its file removed as unconfirmed.
-    let _lock = RunLock::acquire(
-        &folder.join(format!(".{}.lock", args.slot)),
-        &format!("slot {}", args.slot),
-        wait,
-    )?;
-    let mut total = 0;
-    loop {
-        let started = Instant::now();
-        // Read before draining: a stop that comes during a drain gets one more, which holds
-        // everything committed before the signal.
-        let stopping = cancel::requested();
-        total += feed.drain(&folder, args)?;
-        if !args.follow || stopping {
-            break;
-        }
-        while started.elapsed() < Duration::from_secs(args.flush_interval) {
-            if cancel::requested() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    println!("Wrote {total} changes to {}", folder.display());
-    Ok(())
-}
-
 /// Slot names are what PostgreSQL accepts, and safe to put in SQL.
-fn check_slot_name(slot: &str) -> Result<(), UsageError> {
+pub fn check_slot_name(slot: &str) -> Result<(), UsageError> {
     let valid = !slot.is_empty()
         && slot.len() <= 63
         && slot
@@ -109,16 +32,16 @@ fn check_slot_name(slot: &str) -> Result<(), UsageError> {
 }
 
 /// One slot on one server.
-struct Feed<'a> {
-    engine: &'a Engine,
-    pg: &'a PgConnection,
-    slot: &'a str,
+pub struct Feed<'a> {
+    pub engine: &'a Engine,
+    pub pg: &'a PgConnection,
+    pub slot: &'a str,
 }
 
 impl Feed<'_> {
     /// The publication of both tables, then the slot; prints its LSN and records it in
     /// `<folder>/<slot>.slot.json`.
-    fn create(&self, folder: &Path) -> Result<()> {
+    pub fn create(&self, folder: &Path) -> Result<()> {
         let exists = self.query_one::<i64>(&format!(
             "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
             self.slot
@@ -154,7 +77,7 @@ impl Feed<'_> {
         Ok(())
     }
 
-    fn require_slot(&self) -> Result<()> {
+    pub fn require_slot(&self) -> Result<()> {
         let sql = format!(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
             self.slot
@@ -168,7 +91,7 @@ impl Feed<'_> {
         Ok(())
     }
 
-    fn drop(&self) -> Result<()> {
+    pub fn drop(&self) -> Result<()> {
         self.query_one::<String>(&format!(
             "SELECT pg_drop_replication_slot('{}')::text",
             self.slot
@@ -179,7 +102,7 @@ impl Feed<'_> {
     }
 
     /// How far behind the slot is, and how much WAL the server keeps for it.
-    fn status(&self) -> Result<()> {
+    pub fn status(&self) -> Result<()> {
         let sql = format!(
             "SELECT active::text || ' ' || confirmed_flush_lsn::text || ' ' || \
              (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint::text || ' ' || \
@@ -209,42 +132,8 @@ impl Feed<'_> {
         Ok(())
     }
 
-    /// Reads everything available, a file per batch; returns the number of changes written.
-    fn drain(&self, folder: &Path, args: &ChangesArgs) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let from = self.confirmed()?;
-            files::remove_unconfirmed(folder, from)?;
-            let mut file = files::ChangeFile::create(folder, from, args.format)?;
-            let batch = stream::read(self, &mut file, args.max_changes)?;
-            let Some(to) = batch.end else {
-                return Ok(total);
-            };
-            cancel::check()?;
-            let rows = file.rows();
-            let written = file.finish(to)?;
-            fault::point("changes.written");
-            // Only now that the file is durable: from here on PostgreSQL may forget them.
-            self.query_one::<String>(&format!(
-                "SELECT pg_replication_slot_advance('{}', '{to}')::text",
-                self.slot
-            ))?;
-            fault::point("changes.confirmed");
-            total += rows;
-            if let (Some(path), false) = (written, args.quiet) {
-                eprintln!(
-                    "export-events: {rows} changes ({from} to {to}) in {}",
-                    path.display()
-                );
-            }
-            if !batch.full {
-                return Ok(total);
-            }
-        }
-    }
-
     /// Where the slot's confirmed position is: the start of the next file.
-    fn confirmed(&self) -> Result<Lsn> {
+    pub fn confirmed(&self) -> Result<Lsn> {
         self.query_one::<String>(&format!(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
             self.slot
@@ -253,7 +142,7 @@ impl Feed<'_> {
     }
 
     /// The single value PostgreSQL's `sql` returns.
-    fn query_one<T: duckdb::types::FromSql>(&self, sql: &str) -> Result<T> {
+    pub fn query_one<T: duckdb::types::FromSql>(&self, sql: &str) -> Result<T> {
         self.engine
             .connection()
             .query_row(&in_postgres(sql), [], |row| row.get(0))
@@ -271,7 +160,7 @@ impl Feed<'_> {
     }
 
     /// PostgreSQL's reason, with what to change when it is a setting or a privilege.
-    fn explain(&self, error: &str) -> anyhow::Error {
+    pub fn explain(&self, error: &str) -> anyhow::Error {
         anyhow!(explain(&self.pg.redact(error), self.slot))
     }
 }

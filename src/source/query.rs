@@ -10,17 +10,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::{literal, CATALOG};
-
-/// The CSV header and the result columns, in order.
-pub const COLUMNS: [&str; 6] = [
-    "id",
-    "timestamp",
-    "rule",
-    "acknowledged",
-    "trigger_telemetry_id",
-    "trigger_device_id",
-];
+use super::engine::{literal, CATALOG};
+use crate::model;
 
 /// Where the query runs: the SQL below is valid in both dialects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +28,17 @@ pub fn events(since: Option<DateTime<Utc>>, dialect: Dialect) -> String {
 }
 
 /// Which row versions an incremental run exports: those written by the transactions of its
-/// window, told apart by PostgreSQL's `age(xmin)` (see `incremental`).
+/// window, told apart by PostgreSQL's `age(xmin)` (see `cmd::incremental`). A row is in the
+/// window when `end_age < age(xmin) <= start_age`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
-    /// Rows whose transaction is this old or younger came after the window (the next run's).
-    pub younger_than: i64,
-    /// Rows whose transaction is older than this belong to earlier runs; `None` for a run that
-    /// exports everything up to the window's end (frozen rows included).
-    pub at_most: Option<i64>,
+    /// The age of the window's end (this run's horizon): transactions this old or younger
+    /// began after it and belong to a later run.
+    pub end_age: i64,
+    /// The age of the window's start (the previous run's horizon): older transactions belong to
+    /// earlier runs. `None` for a run that exports everything before its end (frozen rows
+    /// included).
+    pub start_age: Option<i64>,
     /// `--since` of a first run.
     pub since: Option<DateTime<Utc>>,
 }
@@ -52,7 +46,7 @@ pub struct Window {
 /// The SQL of an incremental run: the export query restricted to `window`. PostgreSQL only.
 pub fn changed_events(window: &Window) -> String {
     let mut conditions = filter(window.since);
-    let Some(oldest) = window.at_most else {
+    let Some(start_age) = window.start_age else {
         // A first run reads (nearly) every row: walking the timestamp index in PostgreSQL and
         // dropping the rows of later transactions in DuckDB, as they stream, beats letting
         // PostgreSQL filter on xmin and then sort everything (measured on 10M events).
@@ -61,16 +55,15 @@ pub fn changed_events(window: &Window) -> String {
             &conditions,
             ", age(e.xmin)::BIGINT AS xmin_age",
         );
-        let columns: Vec<String> = COLUMNS.iter().map(|c| format!("\"{c}\"")).collect();
         return format!(
             "SELECT {} FROM ({}) WHERE xmin_age > {}",
-            columns.join(", "),
+            model::names(),
             passed_through(inner, Dialect::Postgres),
-            window.younger_than
+            window.end_age
         );
     };
-    conditions.push(format!("age(e.xmin) > {}", window.younger_than));
-    conditions.push(format!("age(e.xmin) <= {oldest}"));
+    conditions.push(format!("age(e.xmin) > {}", window.end_age));
+    conditions.push(format!("age(e.xmin) <= {start_age}"));
     select(Dialect::Postgres, &conditions)
 }
 
@@ -78,15 +71,31 @@ fn select(dialect: Dialect, conditions: &[String]) -> String {
     passed_through(select_sql(dialect, conditions, ""), dialect)
 }
 
+/// The current events of rule `rule_id`, as the export has them (the change feed writes a rule's
+/// rename as an update of each). PostgreSQL only.
+pub fn events_of_rule(rule_id: i64) -> String {
+    select(Dialect::Postgres, &[format!("e.rule_id = {rule_id}")])
+}
+
+/// The current values of the rule columns the model uses, with the rule's id first.
+pub fn rules() -> String {
+    let columns: Vec<String> = model::EVENT
+        .iter()
+        .filter_map(|c| match c.origin {
+            model::Origin::Rule(name) => Some(format!(", \"{name}\"::text")),
+            _ => None,
+        })
+        .collect();
+    in_postgres(&format!("SELECT id::bigint{} FROM rules", columns.concat()))
+}
+
 /// The export query, with `extra` columns after the export's.
 fn select_sql(dialect: Dialect, conditions: &[String], extra: &str) -> String {
     format!(
-        "SELECT e.id::BIGINT AS id, e.\"timestamp\"::TIMESTAMPTZ AS \"timestamp\", \
-         r.name::VARCHAR AS rule, e.acknowledged::BOOLEAN AS acknowledged, \
-         e.trigger_telemetry_id::BIGINT AS trigger_telemetry_id, \
-         e.trigger_device_id::BIGINT AS trigger_device_id{extra}\n\
+        "SELECT {columns}{extra}\n\
          FROM {events} AS e JOIN {rules} AS r ON r.id = e.rule_id{filter}\n\
          ORDER BY e.\"timestamp\" DESC, e.id DESC",
+        columns = model::select_list(),
         events = table(dialect, "events"),
         rules = table(dialect, "rules"),
         filter = where_clause(conditions),
@@ -184,7 +193,7 @@ mod tests {
         let since = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
         let sql = events(Some(since), Dialect::Postgres);
         assert!(
-            sql.starts_with("SELECT * FROM postgres_query('src', 'SELECT e.id::BIGINT"),
+            sql.starts_with("SELECT * FROM postgres_query('src', 'SELECT e.\"id\"::BIGINT"),
             "{sql}"
         );
         assert!(sql.contains("FROM events AS e JOIN rules AS r"), "{sql}");
@@ -198,8 +207,8 @@ mod tests {
     #[test]
     fn incremental_windows_bound_the_age_of_the_writing_transaction() {
         let mut window = Window {
-            younger_than: 12,
-            at_most: Some(3_000),
+            end_age: 12,
+            start_age: Some(3_000),
             since: None,
         };
         let sql = changed_events(&window);
@@ -207,7 +216,7 @@ mod tests {
             sql.contains("WHERE age(e.xmin) > 12 AND age(e.xmin) <= 3000\nORDER BY"),
             "{sql}"
         );
-        window.at_most = None;
+        window.start_age = None;
         window.since = Some(Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap());
         let sql = changed_events(&window);
         assert!(

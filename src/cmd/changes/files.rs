@@ -1,0 +1,229 @@
+//! Change files: one per batch of whole transactions (in each format asked for), named by the
+//! LSN range they cover (`changes_<from>_<to>.csv`, 16 hex digits each, so names sort in commit
+//! order and a rerun after a crash rewrites the same file). Columns: the model's change columns
+//! (`lsn`, `commit_time`, `xid`, `op`, then the event's). Rows are gathered into Arrow batches
+//! and written through the export's own sinks, atomically; nothing here encodes CSV or Parquet.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use super::pgoutput::Lsn;
+use crate::model::{self, Kind};
+use crate::sink::format::{Encoding, Format};
+use crate::sink::{self, Sink, Target};
+
+/// What happened to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// One value of a change row, typed by its column's [`Kind`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int64(i64),
+    /// Microseconds since the Unix epoch.
+    Timestamp(i64),
+    Text(String),
+    Bool(bool),
+}
+
+/// The path of the file for changes in `[from, to)` in `format`.
+pub fn path(folder: &Path, from: Lsn, to: Lsn, format: &Format) -> PathBuf {
+    folder.join(format!(
+        "changes_{:016X}_{:016X}.{}",
+        from.0, to.0, format.extension
+    ))
+}
+
+/// Removes the files (and partial files) of a run that wrote changes from `from` but was
+/// interrupted before confirming them: the slot is still at `from`, so the file written next
+/// holds those changes again (and maybe more, under another name). The caller holds the slot's
+/// lock, so no other run is writing them.
+pub fn remove_unconfirmed(folder: &Path, from: Lsn) -> Result<()> {
+    let prefix = format!("changes_{:016X}_", from.0);
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.strip_prefix('.').unwrap_or(&name).starts_with(&prefix) {
+            let path = entry.path();
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Changes per batch handed to the sinks.
+const BATCH: usize = 8_192;
+
+/// The change files of one batch of transactions, being written as the changes stream in:
+/// memory stays flat whatever the size of a transaction. Their names, which need the end LSN,
+/// are given at [`Self::finish`].
+pub struct ChangeFiles {
+    sinks: Vec<(Box<dyn Sink>, &'static Format)>,
+    schema: SchemaRef,
+    builders: Vec<Builder>,
+    folder: PathBuf,
+    from: Lsn,
+    rows: u64,
+}
+
+impl ChangeFiles {
+    /// Starts the files of the changes from `from`, one per format.
+    pub fn create(
+        folder: &Path,
+        from: Lsn,
+        formats: &[&'static Format],
+        encoding: &Encoding,
+    ) -> Result<Self> {
+        let schema = model::change_schema();
+        let sinks = formats
+            .iter()
+            .map(|format| {
+                // A provisional name: the temporary file starts with `.changes_<from>_`, which
+                // `remove_unconfirmed` knows.
+                let provisional = path(folder, from, Lsn(0), format);
+                let target = Target::resolve(Some(&provisional), "", Path::new("/"))?;
+                Ok(((format.create)(&target, schema.clone(), encoding)?, *format))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            sinks,
+            builders: builders(),
+            schema,
+            folder: folder.to_owned(),
+            from,
+            rows: 0,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Adds one change: a value for each change column, in order.
+    pub fn push(&mut self, row: &[Value]) -> Result<()> {
+        for (builder, value) in self.builders.iter_mut().zip(row) {
+            builder.append(value)?;
+        }
+        self.rows += 1;
+        if self.builders[0].len() == BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.builders[0].len() == 0 {
+            return Ok(());
+        }
+        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).context("a batch of change rows")?;
+        for (sink, _) in &mut self.sinks {
+            sink.write_batch(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the files as the changes up to `to`, durably and together; none (and an empty
+    /// list) when no change was pushed.
+    pub fn finish(mut self, to: Lsn) -> Result<Vec<PathBuf>> {
+        if self.rows == 0 {
+            return Ok(Vec::new());
+        }
+        self.flush()?;
+        let mut files = Vec::with_capacity(self.sinks.len());
+        let mut paths = Vec::with_capacity(self.sinks.len());
+        for (sink, format) in self.sinks {
+            let path = path(&self.folder, self.from, to, format);
+            let mut file = sink.close()?;
+            file.retarget(&path);
+            files.push(file);
+            paths.push(path);
+        }
+        sink::commit_all(files)?;
+        Ok(paths)
+    }
+}
+
+/// A column of change rows being gathered, by kind.
+enum Builder {
+    Int64(Int64Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Text(StringBuilder),
+    Bool(BooleanBuilder),
+}
+
+fn builders() -> Vec<Builder> {
+    model::change_columns()
+        .iter()
+        .map(|c| match c.kind {
+            Kind::Int64 => Builder::Int64(Int64Builder::with_capacity(BATCH)),
+            Kind::Timestamp => Builder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(BATCH).with_timezone("UTC"),
+            ),
+            Kind::Text => Builder::Text(StringBuilder::with_capacity(BATCH, BATCH * 16)),
+            Kind::Bool => Builder::Bool(BooleanBuilder::with_capacity(BATCH)),
+        })
+        .collect()
+}
+
+impl Builder {
+    fn append(&mut self, value: &Value) -> Result<()> {
+        match (self, value) {
+            (Builder::Int64(b), Value::Int64(v)) => b.append_value(*v),
+            (Builder::Int64(b), Value::Null) => b.append_null(),
+            (Builder::Timestamp(b), Value::Timestamp(v)) => b.append_value(*v),
+            (Builder::Timestamp(b), Value::Null) => b.append_null(),
+            (Builder::Text(b), Value::Text(v)) => b.append_value(v),
+            (Builder::Text(b), Value::Null) => b.append_null(),
+            (Builder::Bool(b), Value::Bool(v)) => b.append_value(*v),
+            (Builder::Bool(b), Value::Null) => b.append_null(),
+            (_, value) => anyhow::bail!("a change value {value:?} of the wrong kind"),
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Builder::Int64(b) => b.len(),
+            Builder::Timestamp(b) => b.len(),
+            Builder::Text(b) => b.len(),
+            Builder::Bool(b) => b.len(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Int64(b) => Arc::new(b.finish()),
+            Builder::Timestamp(b) => Arc::new(b.finish()),
+            Builder::Text(b) => Arc::new(b.finish()),
+            Builder::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+}
