@@ -3,15 +3,13 @@
 //! [`super::text`]. The encoding itself is the `csv` crate's; this module only picks the text of
 //! each value from its column's type, so any schema of the model (exports, change files) works.
 
-use std::io::BufWriter;
-
 use anyhow::{bail, Context as _, Result};
 use arrow::array::{Array, AsArray, BooleanArray, PrimitiveArray, StringArray, StringViewArray};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 
 use super::format::{Encoding, Format};
-use super::text::{boolean, push_timestamp};
+use super::text::{boolean, Timestamps};
 use super::{AtomicFile, Sink, Target};
 
 /// The registry's entry.
@@ -30,25 +28,27 @@ const BUFFER: usize = 1 << 20;
 
 /// A compatible CSV file being written atomically.
 pub struct CsvSink {
-    writer: csv::Writer<BufWriter<AtomicFile>>,
+    writer: csv::Writer<AtomicFile>,
     field: Vec<u8>,
+    timestamps: Timestamps,
     target: Target,
 }
 
 impl CsvSink {
     /// Starts the file and writes the header (the schema's column names).
     pub fn create(target: &Target, schema: &SchemaRef) -> Result<Self> {
-        let file = BufWriter::with_capacity(BUFFER, AtomicFile::create(target)?);
         let mut writer = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .quote_style(csv::QuoteStyle::Necessary)
-            .from_writer(file);
+            .buffer_capacity(BUFFER)
+            .from_writer(AtomicFile::create(target)?);
         writer
             .write_record(schema.fields().iter().map(|f| f.name()))
             .context("writing the CSV header")?;
         Ok(Self {
             writer,
             field: Vec::with_capacity(64),
+            timestamps: Timestamps::default(),
             target: target.clone(),
         })
     }
@@ -66,7 +66,7 @@ impl CsvSink {
                     Values::Int64(a) => w.write_field(ints.format(a.value(row)))?,
                     Values::Timestamp(a) => {
                         self.field.clear();
-                        push_timestamp(&mut self.field, a.value(row));
+                        self.timestamps.push(&mut self.field, a.value(row));
                         w.write_field(&self.field)?;
                     }
                     Values::Text(a) => w.write_field(a.value(row))?,
@@ -94,9 +94,10 @@ impl Sink for CsvSink {
 
     fn close(self: Box<Self>) -> Result<AtomicFile> {
         let path = self.target.path.display();
-        let buffered = self.writer.into_inner().map_err(|e| e.into_error());
-        let file = buffered.and_then(|b| b.into_inner().map_err(|e| e.into_error()));
-        file.with_context(|| format!("writing {path}"))
+        self.writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {path}"))
     }
 }
 

@@ -6,6 +6,61 @@
 
 use chrono::{DateTime, Datelike, Timelike};
 
+/// Microseconds in a day.
+const DAY: i64 = 86_400_000_000;
+
+/// Writes timestamps as [`push_timestamp`] does, remembering the text of the last day seen:
+/// rows come in time order, so most share their date with the row before, and only the time of
+/// day is computed (integer arithmetic instead of a calendar conversion per row).
+#[derive(Debug, Default)]
+pub struct Timestamps {
+    /// The day (since the epoch) whose `YYYY-MM-DD ` is in `date`.
+    day: Option<i64>,
+    date: Vec<u8>,
+}
+
+impl Timestamps {
+    /// Appends Python's `str()` of the aware UTC datetime `micros` after the epoch to `out`.
+    pub fn push(&mut self, out: &mut Vec<u8>, micros: i64) {
+        let (day, time) = (micros.div_euclid(DAY), micros.rem_euclid(DAY));
+        if self.day != Some(day) {
+            self.day = None;
+            self.date.clear();
+            let Some(start) = day.checked_mul(DAY) else {
+                return push_timestamp(out, micros);
+            };
+            push_timestamp(&mut self.date, start);
+            // `YYYY-MM-DD 00:00:00+00:00` minus the time; an instant that is not a date
+            // (infinity) is written whole every time.
+            let Some(cut) = self.date.len().checked_sub(b"00:00:00+00:00".len()) else {
+                return push_timestamp(out, micros);
+            };
+            if !self.date.ends_with(b" 00:00:00+00:00") {
+                return push_timestamp(out, micros);
+            }
+            self.date.truncate(cut);
+            self.day = Some(day);
+        }
+        out.extend_from_slice(&self.date);
+        let seconds = time / 1_000_000;
+        for (i, value) in [seconds / 3600, seconds / 60 % 60, seconds % 60]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                out.push(b':');
+            }
+            out.extend_from_slice(&[b'0' + (value / 10) as u8, b'0' + (value % 10) as u8]);
+        }
+        let fraction = time % 1_000_000;
+        if fraction != 0 {
+            out.push(b'.');
+            push_padded(out, fraction as u32, 6);
+        }
+        out.extend_from_slice(b"+00:00");
+    }
+}
+
 /// Appends Python's `str()` of the aware UTC datetime `micros` after the epoch to `out`.
 /// Instants Python cannot represent (PostgreSQL's `infinity`) are written as psql does.
 pub fn push_timestamp(out: &mut Vec<u8>, micros: i64) {
@@ -103,6 +158,21 @@ mod tests {
         assert_eq!(text(-500_000), "1969-12-31 23:59:59.500000+00:00");
         assert_eq!(text(-30_627_475_200_000_000), "0999-06-15 08:00:00+00:00");
         assert_eq!(text(951_825_600_000_000), "2000-02-29 12:00:00+00:00");
+    }
+
+    #[test]
+    fn the_day_cache_writes_what_the_calendar_does() {
+        let mut cached = Timestamps::default();
+        let mut samples = vec![0, -1, -500_000, i64::MAX, i64::MIN, 951_825_600_000_000];
+        samples.extend((0..2_000).map(|i: i64| {
+            (i * 7_919_000_001).wrapping_mul(if i % 3 == 0 { -1 } else { 1 }) % (300 * 365 * DAY)
+        }));
+        samples.extend((0..2_000).map(|i| 1_769_904_000_000_000 + i * 97_000_123));
+        for micros in samples {
+            let mut out = Vec::new();
+            cached.push(&mut out, micros);
+            assert_eq!(String::from_utf8(out).unwrap(), text(micros), "{micros}");
+        }
     }
 
     #[test]
