@@ -29,8 +29,8 @@ pub struct Interrupted;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 static MODE: OnceLock<Mode> = OnceLock::new();
-/// The query to interrupt on a signal, in [`Mode::Cancel`].
-static RUNNING: Mutex<Option<Arc<InterruptHandle>>> = Mutex::new(None);
+/// The connections whose queries a signal interrupts, in [`Mode::Cancel`].
+static RUNNING: Mutex<Vec<Arc<InterruptHandle>>> = Mutex::new(Vec::new());
 
 /// Installs the SIGINT/SIGTERM handler (once per process; the first mode stays).
 pub fn install(mode: Mode) -> Result<()> {
@@ -40,7 +40,7 @@ pub fn install(mode: Mode) -> Result<()> {
     ctrlc::set_handler(|| {
         REQUESTED.store(true, Ordering::SeqCst);
         if MODE.get() == Some(&Mode::Cancel) {
-            if let Some(query) = running().as_ref() {
+            for query in running().iter() {
                 query.interrupt();
             }
         }
@@ -62,25 +62,26 @@ pub fn check() -> Result<(), Interrupted> {
     }
 }
 
-/// While alive, a signal interrupts the queries of `conn` (and, once dropped, those of the
-/// connection watched before).
+/// While alive, a signal interrupts the queries of `conn` (several can be watched at once, one
+/// per reading thread).
 pub struct Watch {
-    previous: Option<Arc<InterruptHandle>>,
+    handle: Arc<InterruptHandle>,
 }
 
 impl Watch {
     pub fn new(conn: &Connection) -> Self {
-        let previous = running().replace(conn.interrupt_handle());
-        Self { previous }
+        let handle = conn.interrupt_handle();
+        running().push(handle.clone());
+        Self { handle }
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        *running() = self.previous.take();
+        running().retain(|h| !Arc::ptr_eq(h, &self.handle));
     }
 }
 
-fn running() -> MutexGuard<'static, Option<Arc<InterruptHandle>>> {
+fn running() -> MutexGuard<'static, Vec<Arc<InterruptHandle>>> {
     RUNNING.lock().unwrap_or_else(|e| e.into_inner())
 }

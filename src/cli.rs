@@ -15,6 +15,7 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
+use crate::fixtures::Shape;
 use crate::sink::format::Compression;
 use crate::sink::registry::{self, Formats};
 
@@ -139,6 +140,12 @@ pub struct ExportArgs {
     #[arg(long, conflicts_with = "duckdb")]
     pub demo: bool,
 
+    /// PostgreSQL connections a large export reads with at once (time windows in one snapshot)
+    /// [default: the number of cores, at most what the server has free]; 1 reads with one
+    /// ordered query.
+    #[arg(long, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=64), usize::from))]
+    pub jobs: Option<usize>,
+
     /// Write only the events inserted or changed since the last successful --incremental run
     /// (all events, or those from --since, the first time), each change exactly once; a new
     /// file per run. PostgreSQL only.
@@ -176,6 +183,11 @@ pub struct GenerateArgs {
     /// Drop and recreate the tables when they exist.
     #[arg(long)]
     pub replace: bool,
+
+    /// The shape of the data: hub (timestamps follow insertion with jitter, ties and back-dated
+    /// events) or ordered (strictly increasing timestamps, long rule names).
+    #[arg(long, value_enum, default_value_t = Shape::Hub)]
+    pub shape: Shape,
 
     /// DuckDB database file to fill (created when missing), instead of the PostgreSQL database
     /// of --database-url (one of the two is required: generate never writes to a database

@@ -33,6 +33,7 @@ const DEMO: Plan = Plan {
     rows: 100_000,
     seed: 42,
     rules: 300,
+    shape: Shape::Hub,
 };
 
 /// What to generate.
@@ -41,6 +42,19 @@ pub struct Plan {
     pub rows: u64,
     pub seed: u64,
     pub rules: u32,
+    pub shape: Shape,
+}
+
+/// The shape of generated timestamps and rule names, so speed can be measured on more than one
+/// kind of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// As in the Hub: timestamps follow insertion with jitter, ties and back-dated events;
+    /// short rule names.
+    Hub,
+    /// Timestamps strictly increasing with insertion (no ties, no back-dating) and long rule
+    /// names (about 120 characters).
+    Ordered,
 }
 
 /// The demo source as the DuckDB file it is (made on first use); other sources as they are.
@@ -172,11 +186,17 @@ fn generated_rules(plan: Plan) -> String {
                 WHEN 2 THEN 'Rule ' || i || chr(10) || 'second line'
                 WHEN 3 THEN 'Rule ' || i || ' ; | ' || chr(9) || 'tab'
                 WHEN 4 THEN '湿度 ' || i
-                ELSE 'Rule ' || i || ' high temperature' END,
+                ELSE 'Rule ' || i || ' high temperature' END{long},
                 'generated', '{{}}', '{{}}', i % 5 <> 0, i
          FROM range({first}, {last}) AS t(i)",
         first = SAMPLE_RULES + 1,
         last = u64::from(plan.rules) + 1,
+        long = match plan.shape {
+            Shape::Hub => "",
+            Shape::Ordered => {
+                " || ': ' || repeat('threshold exceeded on sensor group ' || (i % 97) || ', ', 3)"
+            }
+        },
     )
 }
 
@@ -188,9 +208,25 @@ fn generated_rules(plan: Plan) -> String {
 /// earlier with a fraction for half, to the whole second for the rest, and for one in sixteen
 /// back-dated by up to three days (a device that was offline). Bits of one hash pick every
 /// column.
+///
+/// With [`Shape::Ordered`], event k's timestamp lies in the k-th of n equal slices of 2025 (a
+/// hash picks where), so timestamps strictly increase with ids.
 fn generated_events(plan: Plan, first: u64, end: u64) -> String {
     let generated = plan.rows.saturating_sub(SAMPLE_EVENTS).max(1);
     let step = YEAR / i64::try_from(generated.div_ceil(3)).unwrap_or(i64::MAX);
+    let slice = (YEAR / i64::try_from(generated).unwrap_or(i64::MAX)).max(1);
+    let micros = match plan.shape {
+        Shape::Hub => "CASE
+                 WHEN h % 16 < 4 THEN inserted // 1000000 * 1000000
+                 WHEN h % 16 = 4 THEN (inserted - (h >> 8) % 259200000000) // 1000000 * 1000000
+                 WHEN h % 16 < 12 THEN inserted - (h >> 8) % 2000000
+                 ELSE (inserted - (h >> 8) % 2000000) // 1000000 * 1000000 END"
+            .to_owned(),
+        Shape::Ordered => format!(
+            "{START} + (i - {offset}) * {slice} + (h >> 8) % {slice}",
+            offset = SAMPLE_EVENTS + 1
+        ),
+    };
     format!(
         "INSERT INTO {CATALOG}.events
              (id, \"timestamp\", created_at, rule_id, acknowledged, trigger_telemetry_id, trigger_device_id)
@@ -201,11 +237,7 @@ fn generated_events(plan: Plan, first: u64, end: u64) -> String {
                 CASE WHEN (h >> 44) % 10 = 0 THEN NULL ELSE (i * 10 + (h >> 12) % 10)::BIGINT END,
                 CASE WHEN (h >> 50) % 100 < 8 THEN NULL ELSE (1 + (h >> 56) % 200)::BIGINT END
          FROM (
-             SELECT i, h, inserted, (CASE
-                 WHEN h % 16 < 4 THEN inserted // 1000000 * 1000000
-                 WHEN h % 16 = 4 THEN (inserted - (h >> 8) % 259200000000) // 1000000 * 1000000
-                 WHEN h % 16 < 12 THEN inserted - (h >> 8) % 2000000
-                 ELSE (inserted - (h >> 8) % 2000000) // 1000000 * 1000000 END)::BIGINT AS micros
+             SELECT i, h, inserted, ({micros})::BIGINT AS micros
              FROM (
                  SELECT i, h, ({START} + (i - {offset}) // 3 * {step})::BIGINT AS inserted
                  FROM (SELECT i, hash(i, {seed}::UBIGINT) AS h FROM range({first}, {end}) AS t(i))

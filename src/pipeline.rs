@@ -14,6 +14,8 @@ use crate::progress::{self, Progress, Total};
 use crate::sink::format::{Encoding, Format};
 use crate::sink::{self, threaded::Writers, AtomicFile, Target};
 use crate::source::engine::Engine;
+use crate::source::parallel;
+use crate::source::plan::Plan;
 use crate::source::query::{self, Dialect};
 
 /// What an export wrote.
@@ -72,11 +74,11 @@ pub fn progress_bar(
     }))
 }
 
-/// Streams the rows of `sql` into one file per target; returns the number of rows and the
-/// files, complete but not yet in place.
+/// Streams the rows the plan reads into one file per target; returns the number of rows and
+/// the files, complete but not yet in place.
 pub fn write_files(
     engine: &Engine,
-    sql: &str,
+    plan: &Plan,
     schema: SchemaRef,
     targets: &[(Target, &'static Format)],
     encoding: &Encoding,
@@ -87,11 +89,18 @@ pub fn write_files(
         .map(|(target, format)| (format.create)(target, schema.clone(), encoding))
         .collect::<Result<Vec<_>>>()?;
     let mut writers = Writers::spawn(sinks)?;
-    let rows = engine.for_each_batch(sql, |batch| {
+    let each = |batch: &arrow::record_batch::RecordBatch| {
         writers.write(batch)?;
         progress.advance(batch.num_rows() as u64);
         Ok(())
-    })?;
+    };
+    let rows = match plan {
+        Plan::Serial(sql) => engine.for_each_batch(sql, each)?,
+        Plan::Windows { queries, jobs } => {
+            let (first, _) = targets.first().context("an export has a target")?;
+            parallel::for_each_batch(engine, queries, *jobs, &first.path, each)?
+        }
+    };
     Ok((rows, writers.close()?))
 }
 

@@ -13,7 +13,9 @@ use crate::cli::ExportArgs;
 use crate::context::Context;
 use crate::pipeline::{self, Exported};
 use crate::sink;
-use crate::source::{self, query};
+use crate::source::plan::{self, Plan};
+use crate::source::query::{self, Dialect};
+use crate::source::{self};
 use crate::{fixtures, model};
 
 /// Where the files go without `--output`: the original command's path, with each format's
@@ -29,10 +31,17 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
 
     let opened = source::open(&fixtures::demo(source, &ctx.cwd, ctx.quiet)?)?;
     let _locks = pipeline::lock_targets(&targets, ctx.wait)?;
+    let plan = match opened.dialect {
+        Dialect::Postgres => plan::choose(&opened.engine, since, jobs(args))?,
+        Dialect::DuckDb => Plan::Serial(query::events(since, opened.dialect)),
+    };
+    if let (Plan::Windows { .. }, false) = (&plan, ctx.quiet) {
+        eprintln!("export-events: reading with {}", plan.describe());
+    }
     let progress = pipeline::progress_bar(&opened.engine, since, opened.dialect, ctx.quiet)?;
     let (rows, files) = pipeline::write_files(
         &opened.engine,
-        &query::events(since, opened.dialect),
+        &plan,
         model::event_schema(),
         &targets,
         &Context::encoding(&args.output),
@@ -43,5 +52,12 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     Ok(Exported {
         rows,
         paths: pipeline::paths(targets),
+    })
+}
+
+/// `--jobs`, or one connection per core.
+fn jobs(args: &ExportArgs) -> usize {
+    args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     })
 }

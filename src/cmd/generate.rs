@@ -16,6 +16,7 @@ pub fn run(ctx: &Context, args: &GenerateArgs) -> Result<()> {
         rows: args.rows,
         seed: args.seed,
         rules: args.rules,
+        shape: args.shape,
     };
     let started = std::time::Instant::now();
     let explicit = ctx.explicit_postgres();
@@ -46,10 +47,11 @@ pub fn run(ctx: &Context, args: &GenerateArgs) -> Result<()> {
     };
     progress.finish(plan.rows);
     println!(
-        "Generated {} events and {} rules (seed {}) in {described} in {:.1} s",
+        "Generated {} events and {} rules (seed {}, shape {}) in {described} in {:.1} s",
         plan.rows,
         plan.rules,
         plan.seed,
+        format!("{:?}", plan.shape).to_lowercase(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -22,7 +22,14 @@ use crate::fault;
 pub struct AtomicFile {
     temp: NamedTempFile,
     target: PathBuf,
+    /// Bytes written so far, and how many of them the kernel was asked to write back.
+    written: u64,
+    flushed: u64,
 }
+
+/// Every this many bytes, the kernel is asked to start writing the file back (without waiting),
+/// so the fsync before the rename has little left to do.
+const WRITE_BACK: u64 = 8 << 20;
 
 impl AtomicFile {
     /// Starts writing `target`; nothing at `target` changes until [`commit_all`].
@@ -48,7 +55,31 @@ impl AtomicFile {
         Ok(Self {
             temp,
             target: target.path.clone(),
+            written: 0,
+            flushed: 0,
         })
+    }
+
+    /// Starts the write-back of what was written since the last call, once there is enough.
+    fn start_write_back(&mut self) {
+        if self.written - self.flushed < WRITE_BACK {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: a valid descriptor and range; the call only schedules I/O. Failure is
+            // harmless: the fsync at commit writes everything anyway.
+            unsafe {
+                libc::sync_file_range(
+                    self.temp.as_file().as_raw_fd(),
+                    self.flushed as libc::off64_t,
+                    (self.written - self.flushed) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        self.flushed = self.written;
     }
 
     /// Puts the finished file at `target` instead (a name known only at the end), in the same
@@ -68,7 +99,13 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.temp.write(buf).map_err(|e| io_error(e, &self.target))
+        let n = self
+            .temp
+            .write(buf)
+            .map_err(|e| io_error(e, &self.target))?;
+        self.written += n as u64;
+        self.start_write_back();
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.temp.flush().map_err(|e| io_error(e, &self.target))

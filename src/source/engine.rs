@@ -6,8 +6,10 @@
 //! as a stream of Arrow record batches ([`Engine::for_each_batch`]), fetched lazily: memory does
 //! not grow with the number of rows.
 
+use std::mem::ManuallyDrop;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrow::record_batch::RecordBatch;
@@ -22,18 +24,41 @@ pub const CATALOG: &str = "src";
 /// DuckDB's memory during an export (measured: a DuckDB-file export peaks at 164 MB for 1M
 /// events and 186 MB for 10M; below ~128 MB a 10M-row sort runs out).
 const EXPORT_MEMORY_LIMIT: &str = "128MB";
+/// Server settings for our sessions (unless the connection string sets `options` itself): no
+/// JIT compilation, which PostgreSQL chooses for the export query by its cost estimate and
+/// which only costs us (compiling takes longer than it saves on a streaming scan).
+const SESSION_OPTIONS: &str = "-c jit=off";
 /// The start of the panic message duckdb-rs raises when fetching a streamed batch fails.
 const FETCH_PANIC: &str = "Failed to fetch Arrow record batch";
 
 /// An in-memory DuckDB with the source attached.
 pub struct Engine {
-    conn: Connection,
+    conn: ManuallyDrop<Connection>,
+    /// Set when a query lost its PostgreSQL session mid-stream: the connection is then left
+    /// open when the engine is dropped (see [`Drop`] below).
+    lost: AtomicBool,
 }
 
 impl From<Connection> for Engine {
     /// Another connection to the same DuckDB (from `Connection::try_clone`).
     fn from(conn: Connection) -> Self {
-        Self { conn }
+        Self {
+            conn: ManuallyDrop::new(conn),
+            lost: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // DuckDB's postgres extension rolls back a transaction whose session the server ended
+        // when the connection is closed, and that failure, thrown from a destructor, aborts the
+        // process (cf. duckdb/duckdb-postgres#543, cleanup after a terminated connection). The
+        // process is about to report the error and exit: leave such a connection as it is.
+        if !self.lost.load(Ordering::SeqCst) {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { ManuallyDrop::drop(&mut self.conn) };
+        }
     }
 }
 
@@ -48,7 +73,7 @@ impl Engine {
     /// A fresh in-memory DuckDB with nothing attached.
     pub fn new() -> Result<Self> {
         let conn = Connection::open_in_memory().context("starting the embedded DuckDB")?;
-        Ok(Self { conn })
+        Ok(Self::from(conn))
     }
 
     /// Caps DuckDB's memory so that sorting a large DuckDB-file source spills to a private
@@ -93,7 +118,7 @@ impl Engine {
         };
         let sql = format!(
             "ATTACH {} AS {CATALOG} (TYPE postgres{read_only})",
-            literal(pg.conninfo())
+            literal(&session_conninfo(pg))
         );
         self.conn
             .execute_batch(&sql)
@@ -124,19 +149,36 @@ impl Engine {
         Ok(self)
     }
 
+    /// Leaves the connection open when the engine is dropped: for a transaction that failed,
+    /// whose session may be gone (see [`Drop`]).
+    pub fn abandon(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+    }
+
     /// The DuckDB connection, for statements that return no rows.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
 
-    /// Checks that the attached source has the tables the export reads.
-    pub fn require_tables(&self, tables: &[&str], source: &str) -> Result<()> {
+    /// Checks that the attached source has the tables the export reads. PostgreSQL is asked
+    /// directly (`to_regclass`), without loading DuckDB's view of its catalog, which the
+    /// export (all through `postgres_query`) never needs.
+    pub fn require_tables(&self, tables: &[&str], source: &str, postgres: bool) -> Result<()> {
         for table in tables {
-            if let Some(e) = self.table_error(table) {
+            let missing = if postgres {
+                let sql = format!(
+                    "SELECT * FROM postgres_query('{CATALOG}', \
+                     'SELECT (to_regclass(''{table}'') IS NULL)::int')"
+                );
+                (self.count(&sql)? == 1).then(|| "no such relation in the search path".into())
+            } else {
+                self.table_error(table)
+                    .map(|e| first_line(&e.to_string()).to_owned())
+            };
+            if let Some(why) = missing {
                 bail!(
-                    "table {table} not found in {source} ({}): point export-events at the IoT \
-                     Hub's database (the one `manage.py migrate` created)",
-                    first_line(&e.to_string())
+                    "table {table} not found in {source} ({why}): point export-events at the IoT \
+                     Hub's database (the one `manage.py migrate` created)"
                 );
             }
         }
@@ -177,17 +219,33 @@ impl Engine {
             .context("running the export query")?;
         let mut rows = 0u64;
         let _watch = cancel::Watch::new(&self.conn);
-        loop {
+        let result = loop {
             // duckdb-rs panics when fetching a later batch fails: see `install_panic_policy`.
-            let next = panic::catch_unwind(AssertUnwindSafe(|| batches.next()))
-                .map_err(|payload| anyhow!(session_error(&panic_text(payload.as_ref()))))
-                .context("reading the query result")?;
-            cancel::check()?;
-            let Some(batch) = next else { return Ok(rows) };
-            each(&batch)?;
+            let next = match panic::catch_unwind(AssertUnwindSafe(|| batches.next())) {
+                Ok(next) => next,
+                Err(payload) => {
+                    break Err(anyhow!(session_error(&panic_text(payload.as_ref())))
+                        .context("reading the query result"))
+                }
+            };
+            if let Err(interrupted) = cancel::check() {
+                break Err(interrupted.into());
+            }
+            let Some(batch) = next else { break Ok(rows) };
+            if let Err(e) = each(&batch) {
+                break Err(e);
+            }
             crate::fault::point("stream.batch");
             rows += batch.num_rows() as u64;
+        };
+        if result.is_err() {
+            // A query that stopped half-way may have lost its session: closing it (and the
+            // connection) would make DuckDB roll back on a dead session, which aborts the
+            // process (see `Drop`). The run ends with this error; leave them as they are.
+            self.abandon();
+            std::mem::forget(statement);
         }
+        result
     }
 
     /// `LOAD postgres` (DuckDB checks its signature), else `INSTALL` then `LOAD`, else an
@@ -262,6 +320,15 @@ fn session_error(text: &str) -> String {
         );
     }
     text.to_owned()
+}
+
+/// The connection string with [`SESSION_OPTIONS`], unless the user sets server options
+/// themselves (`options` in the string, or `PGOPTIONS`, which libpq would otherwise override).
+fn session_conninfo(pg: &PgConnection) -> String {
+    if std::env::var_os("PGOPTIONS").is_some_and(|o| !o.is_empty()) {
+        return pg.conninfo().to_owned();
+    }
+    pg.conninfo_with_options(SESSION_OPTIONS)
 }
 
 /// A SQL string literal: `'` doubled. For connection strings and paths, never for user values

@@ -4,6 +4,8 @@
 
 pub mod engine;
 pub mod extension;
+pub mod parallel;
+pub mod plan;
 pub mod query;
 pub mod settings;
 
@@ -38,9 +40,11 @@ pub fn open(source: &Source) -> Result<Opened> {
         Source::DuckDbFile(path) => duckdb_file(path, format!("DuckDB file {}", path.display()))?,
         Source::Demo => anyhow::bail!("the demo database is opened as a DuckDB file"),
     };
-    opened
-        .engine
-        .require_tables(&["events", "rules"], &opened.described)?;
+    opened.engine.require_tables(
+        &["events", "rules"],
+        &opened.described,
+        opened.dialect == Dialect::Postgres,
+    )?;
     Ok(opened)
 }
 

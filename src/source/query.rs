@@ -140,14 +140,30 @@ fn where_clause(conditions: &[String]) -> String {
 /// The `--since` condition, when there is one.
 fn filter(since: Option<DateTime<Utc>>) -> Vec<String> {
     since
-        .map(|t| {
-            format!(
-                "e.\"timestamp\" >= TIMESTAMPTZ '{}'",
-                t.format("%Y-%m-%d %H:%M:%S%.6f+00")
-            )
-        })
+        .map(|t| format!("e.\"timestamp\" >= {}", instant(t)))
         .into_iter()
         .collect()
+}
+
+/// A `TIMESTAMPTZ` literal of `t`, exact to the microsecond.
+fn instant(t: DateTime<Utc>) -> String {
+    format!("TIMESTAMPTZ '{}'", t.format("%Y-%m-%d %H:%M:%S%.6f+00"))
+}
+
+/// The export query over the events with `from <= timestamp < to` (microseconds since the
+/// epoch; `None`: unbounded), for one window of the windowed plan. PostgreSQL only.
+pub fn events_between(from: Option<i64>, to: Option<i64>) -> String {
+    let bound = |micros: i64| {
+        instant(DateTime::from_timestamp_micros(micros).expect("a timestamp from the table"))
+    };
+    let conditions: Vec<String> = [
+        from.map(|f| format!("e.\"timestamp\" >= {}", bound(f))),
+        to.map(|t| format!("e.\"timestamp\" < {}", bound(t))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    select(Dialect::Postgres, &conditions)
 }
 
 fn passed_through(sql: String, dialect: Dialect) -> String {
@@ -225,6 +241,19 @@ mod tests {
         );
         assert!(sql.contains("AS xmin_age\nFROM events"), "{sql}");
         assert!(sql.ends_with("e.id DESC')) WHERE xmin_age > 12"), "{sql}");
+    }
+
+    #[test]
+    fn windows_are_half_open_ranges_of_the_timestamp() {
+        let sql = events_between(Some(1_769_904_000_000_001), Some(1_769_904_060_000_000));
+        assert!(
+            sql.contains(
+                "WHERE e.\"timestamp\" >= TIMESTAMPTZ ''2026-02-01 00:00:00.000001+00'' \
+                 AND e.\"timestamp\" < TIMESTAMPTZ ''2026-02-01 00:01:00.000000+00''\nORDER BY"
+            ),
+            "{sql}"
+        );
+        assert!(!events_between(None, None).contains("WHERE"));
     }
 
     #[test]

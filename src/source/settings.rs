@@ -75,6 +75,40 @@ impl PgConnection {
         &self.conninfo
     }
 
+    /// The connection string with the server settings `options` (`-c name=value ...`) for the
+    /// session, unless the user's own string sets `options` (theirs win).
+    pub fn conninfo_with_options(&self, options: &str) -> String {
+        let is_url =
+            self.conninfo.starts_with("postgres://") || self.conninfo.starts_with("postgresql://");
+        if is_url {
+            let query = self.conninfo.split_once('?').map(|(_, q)| q);
+            if query.is_some_and(|q| q.split('&').any(|p| p.starts_with("options="))) {
+                return self.conninfo.clone();
+            }
+            let encoded: String = options
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let separator = if query.is_some() { '&' } else { '?' };
+            return format!("{}{separator}options={encoded}", self.conninfo);
+        }
+        let has_options = self
+            .conninfo
+            .split_whitespace()
+            .any(|word| word.starts_with("options=") || word == "options");
+        if has_options {
+            return self.conninfo.clone();
+        }
+        format!("{} options={}", self.conninfo, quote(options))
+            .trim_start()
+            .to_owned()
+    }
+
     /// `text` with every password this connection knows of masked.
     pub fn redact(&self, text: &str) -> String {
         let mut secrets: Vec<&String> = self.secrets.iter().filter(|s| !s.is_empty()).collect();
@@ -390,6 +424,34 @@ mod tests {
             &env(&[("PGUSER", "u"), ("PGPASSWORD", "s3cret")], &[]),
         );
         assert_eq!(pgvars.redact("s3cret"), "********");
+    }
+
+    #[test]
+    fn session_options_join_the_connection_string_unless_it_has_its_own() {
+        let with = |conninfo: &str| {
+            PgConnection::new(conninfo, "--database-url")
+                .unwrap()
+                .conninfo_with_options("-c jit=off")
+        };
+        assert_eq!(
+            with("postgres://u@h/db"),
+            "postgres://u@h/db?options=-c%20jit%3Doff"
+        );
+        assert_eq!(
+            with("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&options=-c%20jit%3Doff"
+        );
+        assert_eq!(
+            with("host=h dbname=d"),
+            "host=h dbname=d options='-c jit=off'"
+        );
+        let own = "host=h options='-c work_mem=1GB'";
+        assert_eq!(with(own), own);
+        let pg_vars = pg(None, &env(&[("PGHOST", "h")], &[]));
+        assert_eq!(
+            pg_vars.conninfo_with_options("-c jit=off"),
+            "options='-c jit=off'"
+        );
     }
 
     #[test]

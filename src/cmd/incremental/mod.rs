@@ -36,6 +36,7 @@ use crate::progress::Progress;
 use crate::sink::format::Format;
 use crate::sink::{self, Target};
 use crate::source::engine::Engine;
+use crate::source::plan::Plan;
 use crate::source::query::{self, in_postgres, Dialect, Window};
 use crate::source::settings::Source;
 use state::{Identity, LastRun, State, DEFAULT_STATE};
@@ -106,7 +107,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     };
     let (rows, files) = pipeline::write_files(
         &engine,
-        &query::changed_events(&window),
+        &Plan::Serial(query::changed_events(&window)),
         model::event_schema(),
         &targets,
         &Context::encoding(&args.output),
