@@ -16,6 +16,8 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::fixtures::Shape;
+use crate::retention;
+use crate::sink::dataset::PartitionBy;
 use crate::sink::format::Compression;
 use crate::sink::registry::{self, Formats};
 
@@ -79,6 +81,9 @@ pub enum Command {
     /// Write the inserts, updates and deletes of events (and rule renames) from a logical
     /// replication slot to change files, in commit order, resumable.
     Changes(ChangesArgs),
+    /// Check an export against its manifest: every file's size and SHA-256, and (when the
+    /// source can be read) how many rows it has now. Exit 0 only if every file matches.
+    Verify(VerifyArgs),
 }
 
 /// The connection and how the run behaves; every command takes them, before or after its name.
@@ -116,9 +121,25 @@ pub struct OutputArgs {
     #[arg(long, value_name = "FORMATS", value_parser = registry::parse, default_value = "csv")]
     pub format: Formats,
 
-    /// Parquet compression.
-    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
-    pub compression: Compression,
+    /// Compression: Parquet's codec [default: zstd], and for CSV gzip or zstd of the whole file
+    /// (.csv.gz, .csv.zst; also chosen by an --output ending so) [default: none].
+    #[arg(long, value_enum)]
+    pub compression: Option<Compression>,
+
+    /// Permissions of the files written, in octal [default: 0600, owner only: events can hold
+    /// personal data]; folders the tool creates get the matching execute bits.
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub mode: Option<u32>,
+}
+
+/// `--mode 0640`.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "invalid mode {text:?}: expected octal permissions such as 0600 or 0640"
+        )),
+    }
 }
 
 /// The export: the original command's flags plus where the rows come from.
@@ -145,6 +166,25 @@ pub struct ExportArgs {
     /// ordered query.
     #[arg(long, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=64), usize::from))]
     pub jobs: Option<usize>,
+
+    /// Write a partitioned dataset instead of one file: a folder with one subfolder per UTC
+    /// day (date=2026-02-01), month (month=2026-02) or rule (rule=...), Hive-style.
+    #[arg(long, value_enum, value_name = "BY")]
+    pub partition_by: Option<PartitionBy>,
+
+    /// With --partition-by: rows per file at most; a larger partition gets part-1, part-2, ...
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..), requires = "partition_by")]
+    pub max_rows_per_file: u64,
+
+    /// With an --output template holding {time}: keep the newest N runs' outputs, delete older
+    /// ones (only what their manifests list).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: Option<u64>,
+
+    /// With an --output template holding {time}: delete outputs of runs older than this age
+    /// (30d, 12h, 2w), except the newest.
+    #[arg(long, value_name = "AGE", value_parser = retention::parse_age)]
+    pub keep_for: Option<std::time::Duration>,
 
     /// Write only the events inserted or changed since the last successful --incremental run
     /// (all events, or those from --since, the first time), each change exactly once; a new
@@ -194,6 +234,14 @@ pub struct GenerateArgs {
     /// named only by the environment).
     #[arg(long, value_name = "FILE")]
     pub duckdb: Option<PathBuf>,
+}
+
+/// `verify`: an export against its manifest.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The manifest (`<output>.manifest.json`).
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: PathBuf,
 }
 
 /// `changes`: the change feed.

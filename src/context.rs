@@ -13,8 +13,10 @@ use crate::cli::{GlobalArgs, OutputArgs};
 use crate::error::UsageError;
 use crate::lock::Wait;
 use crate::since;
-use crate::sink::format::{Encoding, Format};
+use crate::sink::compress::TextCompression;
+use crate::sink::format::{Compression, Encoding, Format};
 use crate::sink::registry;
+use crate::sink::target::DEFAULT_MODE;
 use crate::sink::Target;
 use crate::source::settings::{self, Env, PgConnection, Requested, Source};
 
@@ -79,21 +81,60 @@ impl Context {
         Some(PgConnection::new(url, "--database-url"))
     }
 
-    /// The files of an export: `--output` (or `default_stem` with the first format's extension)
-    /// and, for further formats, files beside it.
+    /// The files (or dataset folders) of an export: `--output` (or `default_stem` with the
+    /// first format's extension) and, for further formats, files beside it; all with the
+    /// permissions of `--mode`.
     pub fn targets(
         &self,
         output: Option<&Path>,
         args: &OutputArgs,
         default_stem: &str,
+        encoding: &Encoding,
+        dataset: bool,
     ) -> Result<Vec<(Target, &'static Format)>, UsageError> {
-        registry::targets(output, &args.format, default_stem, &self.cwd)
+        let targets = registry::targets(
+            output,
+            &args.format,
+            default_stem,
+            &self.cwd,
+            encoding,
+            dataset,
+        )?;
+        let mode = args.mode.unwrap_or(DEFAULT_MODE);
+        Ok(targets
+            .into_iter()
+            .map(|(t, f)| (t.with_mode(mode), f))
+            .collect())
     }
 
-    /// How files are encoded.
-    pub fn encoding(args: &OutputArgs) -> Encoding {
-        Encoding {
-            compression: args.compression,
-        }
+    /// How files are encoded: `--compression` for every format (gzip and zstd compress whole
+    /// CSV files, snappy is Parquet's only); without it, Parquet's zstd and a CSV compressed
+    /// only if `output` ends with `.gz` or `.zst`.
+    pub fn encoding(args: &OutputArgs, output: Option<&Path>) -> Result<Encoding, UsageError> {
+        let text_formats = args.format.0.iter().any(|f| f.text);
+        let Some(compression) = args.compression else {
+            let name = output
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Ok(Encoding {
+                compression: Compression::Zstd,
+                text: TextCompression::of_name(&name),
+            });
+        };
+        let text = match compression {
+            Compression::Gzip => TextCompression::Gzip,
+            Compression::Zstd => TextCompression::Zstd,
+            Compression::None => TextCompression::None,
+            Compression::Snappy if text_formats => {
+                return Err(UsageError(
+                    "--compression snappy is Parquet's only: for CSV use gzip or zstd (or \
+                     --format parquet)"
+                        .into(),
+                ))
+            }
+            Compression::Snappy => TextCompression::None,
+        };
+        Ok(Encoding { compression, text })
     }
 }

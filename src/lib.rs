@@ -20,6 +20,7 @@ pub mod lock;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
+pub mod retention;
 pub mod since;
 pub mod sink;
 pub mod source;

@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -33,15 +33,22 @@ impl RunLock {
     /// Locks `path` for the run; `what` names what is locked in messages ("slot nightly").
     pub fn acquire(path: &Path, what: &str, wait: Wait) -> Result<Self> {
         if let Some(folder) = path.parent() {
-            std::fs::create_dir_all(folder)
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(folder)
                 .with_context(|| format!("creating folder {}", folder.display()))?;
         }
         loop {
+            // Never through a symlink planted at the lock's name.
             let mut file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
                 .with_context(|| format!("creating lock file {}", path.display()))?;
             if file.try_lock().is_err() {

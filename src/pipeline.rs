@@ -1,6 +1,7 @@
 //! The steps every export shares, after the settings are resolved and the source is open: lock
 //! the outputs, size the progress bar, stream the query's batches into one sink per format
-//! (each on its own thread), hand back the finished files for a commit, and report
+//! (each on its own thread; a partitioned dataset per format with `--partition-by`), put the
+//! finished outputs in place together with their manifest last, and report
 //! `Exported N events to /abs/path`.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +12,10 @@ use chrono::{DateTime, Utc};
 
 use crate::lock::{self, RunLock, Wait};
 use crate::progress::{self, Progress, Total};
+use crate::sink::dataset::{DatasetSink, PartitionBy};
 use crate::sink::format::{Encoding, Format};
-use crate::sink::{self, threaded::Writers, AtomicFile, Target};
+use crate::sink::manifest::{self, Manifest};
+use crate::sink::{self, threaded::Writers, Staged, Target, Written};
 use crate::source::engine::Engine;
 use crate::source::parallel;
 use crate::source::plan::Plan;
@@ -51,8 +54,24 @@ pub fn lock_targets(targets: &[(Target, &'static Format)], wait: Wait) -> Result
             wait,
         )?);
         sink::recover(path)?;
+        sink::recover(&manifest::path_of(path))?;
     }
     Ok(locks)
+}
+
+/// How the rows are laid out in files: one file per format, or a partitioned dataset.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub partition_by: Option<PartitionBy>,
+    pub max_rows_per_file: u64,
+}
+
+impl Layout {
+    /// One file per format.
+    pub const FILES: Layout = Layout {
+        partition_by: None,
+        max_rows_per_file: u64::MAX,
+    };
 }
 
 /// The bar of an export of the events from `since`, when one is wanted.
@@ -74,19 +93,32 @@ pub fn progress_bar(
     }))
 }
 
-/// Streams the rows the plan reads into one file per target; returns the number of rows and
-/// the files, complete but not yet in place.
+/// Streams the rows the plan reads into one output per target; returns the number of rows and
+/// the outputs, complete but not yet in place.
 pub fn write_files(
     engine: &Engine,
     plan: &Plan,
     schema: SchemaRef,
     targets: &[(Target, &'static Format)],
     encoding: &Encoding,
+    layout: Layout,
     progress: &Progress,
-) -> Result<(u64, Vec<AtomicFile>)> {
+) -> Result<(u64, Vec<Staged>)> {
     let sinks = targets
         .iter()
-        .map(|(target, format)| (format.create)(target, schema.clone(), encoding))
+        .map(|(target, format)| -> Result<Box<dyn sink::Sink>> {
+            match layout.partition_by {
+                Some(by) => Ok(Box::new(DatasetSink::create(
+                    target,
+                    format,
+                    schema.clone(),
+                    encoding,
+                    by,
+                    layout.max_rows_per_file,
+                )?)),
+                None => format.open(target, schema.clone(), encoding),
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut writers = Writers::spawn(sinks)?;
     let each = |batch: &arrow::record_batch::RecordBatch| {
@@ -102,6 +134,23 @@ pub fn write_files(
         }
     };
     Ok((rows, writers.close()?))
+}
+
+/// Puts the outputs in place with their manifest (`<first target>.manifest.json`), committed
+/// last in the same commit after the previous manifest is removed: a manifest is never beside
+/// files it does not describe. Returns what was written.
+pub fn commit(
+    targets: &[(Target, &'static Format)],
+    staged: Vec<Staged>,
+    about: impl FnOnce(&Path, &[Written]) -> Manifest,
+) -> Result<Vec<Written>> {
+    let (first, _) = targets.first().context("an export has a target")?;
+    let records: Vec<Written> = staged.iter().flat_map(Staged::records).collect();
+    let manifest = about(&first.path, &records).stage(first)?;
+    manifest::remove_old(&first.path)?;
+    let mut all = staged;
+    all.push(Staged::File(manifest));
+    sink::commit_all(all)
 }
 
 /// The paths of `targets`, for the report.

@@ -15,7 +15,10 @@ fn full_export_matches_the_original_commands_bytes() {
         std::fs::read(&path).unwrap(),
         compat_bytes("expected_all.csv")
     );
-    assert_eq!(files_in(&dir.path().join("exports")), ["events_export.csv"]);
+    assert_eq!(
+        files_in(&dir.path().join("exports")),
+        ["events_export.csv", "events_export.csv.manifest.json"]
+    );
 }
 
 #[test]

@@ -126,7 +126,11 @@ fn demo_is_created_once_announced_and_exported() {
     assert!(std::fs::read(&csv).unwrap() == first);
     assert_eq!(
         files_in(&dir.path().join("exports")),
-        ["demo.duckdb", "events_export.csv"]
+        [
+            "demo.duckdb",
+            "events_export.csv",
+            "events_export.csv.manifest.json"
+        ]
     );
 }
 

@@ -68,7 +68,11 @@ fn sigint_or_sigterm_between_the_renames_of_a_pair_leaves_both_new_files() {
         );
         assert_eq!(
             files_in(&dir.path().join("exports")),
-            ["events_export.csv", "events_export.parquet"]
+            [
+                "events_export.csv",
+                "events_export.csv.manifest.json",
+                "events_export.parquet"
+            ]
         );
     }
 }
@@ -97,7 +101,11 @@ fn a_pair_left_half_renamed_by_sigkill_is_completed_by_the_next_run() {
     finish(next).success();
     assert_eq!(
         files_in(&folder),
-        ["events_export.csv", "events_export.parquet"]
+        [
+            "events_export.csv",
+            "events_export.csv.manifest.json",
+            "events_export.parquet"
+        ]
     );
 }
 
@@ -191,7 +199,11 @@ fn a_second_export_to_the_same_output_is_refused_or_waits_and_the_first_complete
     assert_eq!(parquet_rows(&folder.join("events_export.parquet")), 15);
     assert_eq!(
         files_in(&folder),
-        ["events_export.csv", "events_export.parquet"]
+        [
+            "events_export.csv",
+            "events_export.csv.manifest.json",
+            "events_export.parquet"
+        ]
     );
 }
 

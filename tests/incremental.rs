@@ -179,7 +179,11 @@ fn csv_rows(path: &Path) -> Vec<(i64, Vec<String>)> {
 /// Replays every export file in name order; returns the table by id and how often each id came.
 fn replay(out: &Path) -> (BTreeMap<i64, Vec<String>>, BTreeMap<i64, usize>) {
     let (mut table, mut seen) = (BTreeMap::new(), BTreeMap::new());
-    for name in files_in(out).iter().filter(|n| !n.starts_with('.')) {
+    let exports = files_in(out);
+    let exports = exports
+        .iter()
+        .filter(|n| !n.starts_with('.') && !n.ends_with(".manifest.json"));
+    for name in exports {
         for (id, row) in csv_rows(&out.join(name)) {
             table.insert(id, row);
             *seen.entry(id).or_insert(0) += 1;

@@ -88,8 +88,10 @@ fn windows_write_the_serial_plans_bytes_and_values_on_both_data_shapes() {
             files_in(dir.path()),
             [
                 "serial.csv",
+                "serial.csv.manifest.json",
                 "serial.parquet",
                 "windows.csv",
+                "windows.csv.manifest.json",
                 "windows.parquet"
             ],
             "no spool file left"
@@ -149,5 +151,5 @@ fn a_killed_parallel_read_leaves_spools_the_next_run_removes() {
     );
     Run::of(export_events(dir.path()).args(["--database-url", &db.url(), "-q", "-o", "out.csv"]))
         .success();
-    assert_eq!(files_in(dir.path()), ["out.csv"]);
+    assert_eq!(files_in(dir.path()), ["out.csv", "out.csv.manifest.json"]);
 }

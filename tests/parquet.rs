@@ -138,7 +138,11 @@ fn both_gives_the_compatible_csv_and_a_parquet_beside_it() {
     );
     assert_eq!(
         files_in(&dir.path().join("exports")),
-        ["events_export.csv", "events_export.parquet"]
+        [
+            "events_export.csv",
+            "events_export.csv.manifest.json",
+            "events_export.parquet"
+        ]
     );
 }
 

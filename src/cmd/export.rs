@@ -1,58 +1,161 @@
 //! `export-events [--since WHEN] [--output PATH] [--format F] [source]`: one export, following
 //! the pipeline: resolve the settings, open the source, build the query, stream its batches into
-//! every format from one read, put the files in place together, report the original command's
+//! every format from one read (files, or partitioned datasets), put the outputs in place
+//! together with their manifest, apply retention, report the original command's
 //! `Exported N events to /abs/path`.
 //!
 //! Everything that can be checked without touching the database (the `--since` value, the output
 //! paths, the connection settings) is checked first, so bad input changes nothing.
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
 
 use crate::cancel::{self, Mode};
 use crate::cli::ExportArgs;
 use crate::context::Context;
-use crate::pipeline::{self, Exported};
-use crate::sink;
+use crate::error::UsageError;
+use crate::pipeline::{self, Exported, Layout};
+use crate::retention::{self, Keep, TIME};
+use crate::sink::dataset::PartitionBy;
+use crate::sink::manifest::{self, Manifest};
+use crate::source::engine::Engine;
+use crate::source::identity;
 use crate::source::plan::{self, Plan};
 use crate::source::query::{self, Dialect};
-use crate::source::{self};
-use crate::{fixtures, model};
+use crate::source::settings::Source;
+use crate::{fixtures, model, source};
 
 /// Where the files go without `--output`: the original command's path, with each format's
 /// extension.
 pub const DEFAULT_STEM: &str = "exports/events_export";
 
-/// One export, silent but for the progress bar.
+/// One export, silent but for the progress bar and notices.
 pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     let since = ctx.since(args.since.as_deref())?;
-    let targets = ctx.targets(args.output.output.as_deref(), &args.output, DEFAULT_STEM)?;
+    let template = args.output.output.as_deref().map(Path::to_owned);
+    let keep = keep(args, template.as_deref())?;
+    let output = template.as_deref().map(|t| fill_template(ctx, t));
+    let encoding = Context::encoding(&args.output, output.as_deref())?;
+    let targets = ctx.targets(
+        output.as_deref(),
+        &args.output,
+        DEFAULT_STEM,
+        &encoding,
+        args.partition_by.is_some(),
+    )?;
     let source = ctx.source(args.duckdb.as_deref(), args.demo)?;
     cancel::install(Mode::Cancel)?;
 
-    let opened = source::open(&fixtures::demo(source, &ctx.cwd, ctx.quiet)?)?;
+    let source = fixtures::demo(source, &ctx.cwd, ctx.quiet)?;
+    let opened = source::open(&source)?;
+    let engine = &opened.engine;
     let _locks = pipeline::lock_targets(&targets, ctx.wait)?;
-    let plan = match opened.dialect {
-        Dialect::Postgres => plan::choose(&opened.engine, since, jobs(args))?,
-        Dialect::DuckDb => Plan::Serial(query::events(since, opened.dialect)),
+    let postgres = opened.dialect == Dialect::Postgres;
+    // PostgreSQL is read in one REPEATABLE READ transaction, whose snapshot the manifest names.
+    let read = if postgres {
+        run_sql(engine, "BEGIN TRANSACTION")?;
+        Some(identity::read(engine)?)
+    } else {
+        None
+    };
+    let plan = match (opened.dialect, args.partition_by) {
+        // Rule partitions come together only when read ordered by rule.
+        (_, Some(PartitionBy::Rule)) => Plan::Serial(query::events_by_rule(since, opened.dialect)),
+        (Dialect::Postgres, _) => plan::choose(engine, since, jobs(args))?,
+        (Dialect::DuckDb, _) => Plan::Serial(query::events(since, opened.dialect)),
     };
     if let (Plan::Windows { .. }, false) = (&plan, ctx.quiet) {
         eprintln!("export-events: reading with {}", plan.describe());
     }
-    let progress = pipeline::progress_bar(&opened.engine, since, opened.dialect, ctx.quiet)?;
-    let (rows, files) = pipeline::write_files(
-        &opened.engine,
+    let progress = pipeline::progress_bar(engine, since, opened.dialect, ctx.quiet)?;
+    let layout = Layout {
+        partition_by: args.partition_by,
+        max_rows_per_file: args.max_rows_per_file,
+    };
+    let (rows, staged) = pipeline::write_files(
+        engine,
         &plan,
         model::event_schema(),
         &targets,
-        &Context::encoding(&args.output),
+        &encoding,
+        layout,
         &progress,
     )?;
-    sink::commit_all(files)?;
+    if postgres {
+        run_sql(engine, "COMMIT")?;
+    }
+    let snapshot = read.as_ref().map(|(_, snapshot)| snapshot.clone());
+    let manifest_source = match (&source, read) {
+        (_, Some((id, _))) => manifest::Source::postgres(id),
+        (Source::DuckDbFile(path), None) => manifest::Source::duckdb(path),
+        _ => bail!("an export reads PostgreSQL or a DuckDB file"),
+    };
+    pipeline::commit(&targets, staged, |output, files| {
+        Manifest::new(
+            output,
+            manifest_source,
+            since,
+            snapshot,
+            args.partition_by.map(|b| format!("{b:?}").to_lowercase()),
+            rows,
+            files,
+        )
+    })?;
     progress.finish(rows);
+    if let (true, Some(template)) = (keep.any(), &template) {
+        let first = &targets[0].0.path;
+        let template = first.with_file_name(
+            template
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        retention::apply(
+            &template,
+            &manifest::path_of(first),
+            &keep,
+            ctx.started,
+            ctx.quiet,
+        )?;
+    }
     Ok(Exported {
         rows,
         paths: pipeline::paths(targets),
     })
+}
+
+/// `--output` with `{time}` filled in with the run's UTC time (a template, for `--keep`).
+fn fill_template(ctx: &Context, template: &Path) -> PathBuf {
+    let text = template.to_string_lossy();
+    if !text.contains(TIME) {
+        return template.to_owned();
+    }
+    let stamp = ctx.started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    PathBuf::from(text.replace(TIME, &stamp))
+}
+
+/// What `--keep`/`--keep-for` keep; they need a template, or there is nothing to tell runs apart.
+fn keep(args: &ExportArgs, template: Option<&Path>) -> Result<Keep, UsageError> {
+    let keep = Keep {
+        runs: args.keep.map(|n| n as usize),
+        newer_than: args.keep_for,
+    };
+    let templated = template.is_some_and(|t| t.to_string_lossy().contains(TIME));
+    if keep.any() && !templated {
+        return Err(UsageError(format!(
+            "--keep and --keep-for delete earlier runs' outputs: give --output a template with \
+             {TIME}, such as exports/events_{TIME}.csv"
+        )));
+    }
+    Ok(keep)
+}
+
+fn run_sql(engine: &Engine, sql: &str) -> Result<()> {
+    engine
+        .connection()
+        .execute_batch(sql)
+        .with_context(|| format!("{sql} in DuckDB"))
 }
 
 /// `--jobs`, or one connection per core.

@@ -6,6 +6,7 @@ pub mod changes;
 pub mod export;
 pub mod generate;
 pub mod incremental;
+pub mod verify;
 
 use anyhow::Result;
 
@@ -18,6 +19,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Some(Command::Generate(args)) => generate::run(&ctx, args),
         Some(Command::Changes(args)) => changes::run(&ctx, args),
+        Some(Command::Verify(args)) => verify::run(&ctx, args),
         None => {
             let exported = if cli.export.incremental {
                 incremental::run(&ctx, &cli.export)?

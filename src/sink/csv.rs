@@ -8,19 +8,21 @@ use arrow::array::{Array, AsArray, BooleanArray, PrimitiveArray, StringArray, St
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 
+use super::compress::{Compressed, TextCompression};
 use super::format::{Encoding, Format};
 use super::text::{boolean, Timestamps};
-use super::{AtomicFile, Sink, Target};
+use super::{AtomicFile, Sink, Staged, Target};
 
 /// The registry's entry.
 pub const FORMAT: Format = Format {
     name: "csv",
     extension: "csv",
+    text: true,
     create,
 };
 
-fn create(target: &Target, schema: SchemaRef, _: &Encoding) -> Result<Box<dyn Sink>> {
-    Ok(Box::new(CsvSink::create(target, &schema)?))
+fn create(target: &Target, schema: SchemaRef, encoding: &Encoding) -> Result<Box<dyn Sink>> {
+    Ok(Box::new(CsvSink::create(target, &schema, encoding.text)?))
 }
 
 /// Buffer size between the encoder and the file.
@@ -28,7 +30,7 @@ const BUFFER: usize = 1 << 20;
 
 /// A compatible CSV file being written atomically.
 pub struct CsvSink {
-    writer: csv::Writer<AtomicFile>,
+    writer: csv::Writer<Compressed>,
     field: Vec<u8>,
     timestamps: Timestamps,
     target: Target,
@@ -36,12 +38,17 @@ pub struct CsvSink {
 
 impl CsvSink {
     /// Starts the file and writes the header (the schema's column names).
-    pub fn create(target: &Target, schema: &SchemaRef) -> Result<Self> {
+    pub fn create(
+        target: &Target,
+        schema: &SchemaRef,
+        compression: TextCompression,
+    ) -> Result<Self> {
+        let file = Compressed::new(AtomicFile::create(target)?, compression)?;
         let mut writer = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .quote_style(csv::QuoteStyle::Necessary)
             .buffer_capacity(BUFFER)
-            .from_writer(AtomicFile::create(target)?);
+            .from_writer(file);
         writer
             .write_record(schema.fields().iter().map(|f| f.name()))
             .context("writing the CSV header")?;
@@ -92,12 +99,15 @@ impl Sink for CsvSink {
             .with_context(|| format!("writing {}", self.target.path.display()))
     }
 
-    fn close(self: Box<Self>) -> Result<AtomicFile> {
+    fn close(self: Box<Self>) -> Result<Staged> {
         let path = self.target.path.display();
-        self.writer
+        let file = self
+            .writer
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {path}"))
+            .and_then(Compressed::finish)
+            .with_context(|| format!("writing {path}"))?;
+        Ok(Staged::File(file))
     }
 }
 

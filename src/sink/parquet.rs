@@ -11,12 +11,13 @@ use parquet::basic::{Compression as Codec, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::format::{Compression, Encoding, Format};
-use super::{AtomicFile, Sink, Target};
+use super::{AtomicFile, Sink, Staged, Target};
 
 /// The registry's entry.
 pub const FORMAT: Format = Format {
     name: "parquet",
     extension: "parquet",
+    text: false,
     create,
 };
 
@@ -89,10 +90,12 @@ impl Sink for ParquetSink {
             .with_context(|| format!("writing {}", self.target.path.display()))
     }
 
-    fn close(self: Box<Self>) -> Result<AtomicFile> {
+    fn close(self: Box<Self>) -> Result<Staged> {
         let path = self.target.path.display().to_string();
-        self.writer
+        let file = self
+            .writer
             .into_inner()
-            .with_context(|| format!("finishing {path}"))
+            .with_context(|| format!("finishing {path}"))?;
+        Ok(Staged::File(file))
     }
 }

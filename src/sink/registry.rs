@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::format::Format;
+use super::format::{Encoding, Format};
 use super::{csv, parquet, Target};
 use crate::error::UsageError;
 
@@ -54,13 +54,24 @@ pub fn targets(
     formats: &Formats,
     default_stem: &str,
     cwd: &Path,
+    encoding: &Encoding,
+    dataset: bool,
 ) -> Result<Vec<(Target, &'static Format)>, UsageError> {
     let (first, rest) = formats.0.split_first().expect("at least one format");
-    let default = format!("{default_stem}.{}", first.extension);
-    let main = Target::resolve(output, &default, cwd)?;
+    let own = first.file_extension(encoding);
+    let default = format!("{default_stem}.{own}");
+    let main = if dataset {
+        Target::resolve_dataset(output, &default, cwd)?
+    } else {
+        Target::resolve(output, &default, cwd)?
+    };
     let mut targets = vec![(main.clone(), *first)];
     for format in rest {
-        targets.push((main.sibling(format.extension)?, *format));
+        let sibling = main.sibling(&own, &format.file_extension(encoding))?;
+        if dataset {
+            Target::check_dataset(&sibling.path)?;
+        }
+        targets.push((sibling, *format));
     }
     Ok(targets)
 }
@@ -86,7 +97,18 @@ mod tests {
     #[test]
     fn later_formats_go_beside_the_first_with_the_same_stem() {
         let cwd = Path::new("/w");
-        let both = targets(None, &parse("both").unwrap(), "exports/events_export", cwd);
+        let plain = Encoding {
+            compression: super::super::format::Compression::Zstd,
+            text: super::super::compress::TextCompression::None,
+        };
+        let both = targets(
+            None,
+            &parse("both").unwrap(),
+            "exports/events_export",
+            cwd,
+            &plain,
+            false,
+        );
         let paths: Vec<_> = both.unwrap().into_iter().map(|(t, _)| t.path).collect();
         assert_eq!(
             paths,
@@ -95,7 +117,15 @@ mod tests {
                 Path::new("/w/exports/events_export.parquet")
             ]
         );
-        let parquet = targets(None, &parse("parquet").unwrap(), "exports/x", cwd).unwrap();
+        let parquet = targets(
+            None,
+            &parse("parquet").unwrap(),
+            "exports/x",
+            cwd,
+            &plain,
+            false,
+        )
+        .unwrap();
         assert_eq!(parquet[0].0.path, Path::new("/w/exports/x.parquet"));
     }
 }

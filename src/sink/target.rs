@@ -1,5 +1,7 @@
 //! Where an output goes: an absolute path whose folder exists, or is ours to create (the
-//! default `exports/`). Checked before anything is read, so a bad `--output` changes nothing.
+//! default `exports/`), with the permissions its files get (owner-only unless `--mode` says
+//! otherwise: events can hold personal data). Checked before anything is read, so a bad
+//! `--output` changes nothing.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -10,12 +12,48 @@ use crate::error::UsageError;
 pub struct Target {
     pub path: PathBuf,
     create_folder: bool,
+    /// Permissions of the files written here (folders the tool creates get the same, plus
+    /// execute where read is allowed).
+    pub mode: u32,
 }
+
+/// Files are owner-only unless `--mode` says otherwise.
+pub const DEFAULT_MODE: u32 = 0o600;
 
 impl Target {
     /// Whether writing may create the folder (a default path), or it must exist.
     pub fn create_folder(&self) -> bool {
         self.create_folder
+    }
+
+    /// A file at `path` in a folder the tool owns (a dataset's): the folder is created as needed.
+    pub fn owned(path: PathBuf, mode: u32) -> Self {
+        Self {
+            path,
+            create_folder: true,
+            mode,
+        }
+    }
+
+    /// The same target with files of permissions `mode`.
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The permissions of folders the tool creates for files of `mode`: execute (search) where
+    /// read is allowed.
+    pub fn folder_mode(&self) -> u32 {
+        self.mode | ((self.mode & 0o444) >> 2)
+    }
+
+    /// Creates `folder` (and its parents) with [`Self::folder_mode`] where missing.
+    pub fn create_dir_all(&self, folder: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(self.folder_mode())
+            .create(folder)
     }
 }
 
@@ -36,6 +74,7 @@ impl Target {
             return Ok(Self {
                 path: normalize(&cwd.join(default)),
                 create_folder: true,
+                mode: DEFAULT_MODE,
             });
         };
         let path = normalize(&cwd.join(output));
@@ -59,14 +98,81 @@ impl Target {
         Ok(Self {
             path,
             create_folder: false,
+            mode: DEFAULT_MODE,
         })
     }
 }
 
 impl Target {
-    /// The file beside this one with the same stem and extension `ext` (several formats).
-    pub fn sibling(&self, ext: &str) -> Result<Self, UsageError> {
-        let path = self.path.with_extension(ext);
+    /// A dataset folder: `--output PATH` (its parent must exist) or `default` under `cwd`. An
+    /// existing folder there is replaced only if export-events wrote it (its manifest is beside
+    /// it) or it is empty; nothing else is ever removed.
+    pub fn resolve_dataset(
+        output: Option<&Path>,
+        default: &str,
+        cwd: &Path,
+    ) -> Result<Self, UsageError> {
+        let target = match output {
+            Some(output) => {
+                let path = normalize(&cwd.join(output));
+                let folder = path.parent().unwrap_or(Path::new("/"));
+                if !folder.is_dir() {
+                    return Err(UsageError(format!(
+                        "--output {}: folder {} does not exist; create it first or choose \
+                         another path",
+                        output.display(),
+                        folder.display()
+                    )));
+                }
+                Self {
+                    path,
+                    create_folder: false,
+                    mode: DEFAULT_MODE,
+                }
+            }
+            None => Self {
+                path: normalize(&cwd.join(default)),
+                create_folder: true,
+                mode: DEFAULT_MODE,
+            },
+        };
+        Self::check_dataset(&target.path)?;
+        Ok(target)
+    }
+
+    /// Refuses a dataset path that holds a file, or a folder export-events did not write.
+    pub fn check_dataset(path: &Path) -> Result<(), UsageError> {
+        if path.is_file() {
+            return Err(UsageError(format!(
+                "--output {} is a file: a partitioned export writes a folder; choose another path",
+                path.display()
+            )));
+        }
+        let ours = crate::sink::manifest::path_of(path).is_file();
+        let empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
+        if path.is_dir() && !ours && !empty {
+            return Err(UsageError(format!(
+                "--output {} is a folder export-events did not write (no {} beside it): \
+                 choose another path, or empty it",
+                path.display(),
+                crate::sink::manifest::path_of(path).display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The file beside this one with the same stem and extension `ext` (several formats);
+    /// `own` is this file's extension as its format names it (`csv.gz`), when it has it.
+    pub fn sibling(&self, own: &str, ext: &str) -> Result<Self, UsageError> {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = match name.strip_suffix(&format!(".{own}")) {
+            Some(stem) if !stem.is_empty() => self.path.with_file_name(format!("{stem}.{ext}")),
+            _ => self.path.with_extension(ext),
+        };
         if path == self.path {
             return Err(UsageError(format!(
                 "--output {} would be written twice: with several formats it names the first \
@@ -77,6 +183,7 @@ impl Target {
         Ok(Self {
             path,
             create_folder: self.create_folder,
+            mode: self.mode,
         })
     }
 }
@@ -99,6 +206,16 @@ fn normalize(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn siblings_replace_the_whole_extension_of_the_first_format() {
+        let t = Target::resolve(None, "exports/x.csv.gz", Path::new("/w")).unwrap();
+        let p = t.sibling("csv.gz", "parquet").unwrap();
+        assert_eq!(p.path, Path::new("/w/exports/x.parquet"));
+        let other = t.sibling("csv", "parquet").unwrap();
+        assert_eq!(other.path, Path::new("/w/exports/x.csv.parquet"));
+        assert_eq!(t.with_mode(0o640).folder_mode(), 0o750);
+    }
 
     #[test]
     fn default_target_is_under_the_working_directory() {

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, Context as _, Result};
 use arrow::record_batch::RecordBatch;
 
-use super::{AtomicFile, Sink};
+use super::{Sink, Staged};
 
 /// Batches waiting per sink (DuckDB's batches hold 2,048 rows).
 const QUEUE: usize = 32;
@@ -21,7 +21,7 @@ const QUEUE: usize = 32;
 /// The running sinks.
 pub struct Writers {
     senders: Vec<SyncSender<RecordBatch>>,
-    threads: Vec<JoinHandle<Result<AtomicFile>>>,
+    threads: Vec<JoinHandle<Result<Staged>>>,
 }
 
 impl Writers {
@@ -61,7 +61,7 @@ impl Writers {
     }
 
     /// Waits for every sink to finish; their files, in the order the sinks were given.
-    pub fn close(mut self) -> Result<Vec<AtomicFile>> {
+    pub fn close(mut self) -> Result<Vec<Staged>> {
         self.senders.clear();
         join_all(std::mem::take(&mut self.threads))
     }
@@ -79,12 +79,12 @@ impl Drop for Writers {
 
 /// Joins every thread, even after one failed (an unjoined thread would be cut off when the
 /// process exits, leaving its temporary file); the files, or the first failure.
-fn join_all(threads: Vec<JoinHandle<Result<AtomicFile>>>) -> Result<Vec<AtomicFile>> {
-    let joined: Vec<Result<AtomicFile>> = threads.into_iter().map(join).collect();
+fn join_all(threads: Vec<JoinHandle<Result<Staged>>>) -> Result<Vec<Staged>> {
+    let joined: Vec<Result<Staged>> = threads.into_iter().map(join).collect();
     joined.into_iter().collect()
 }
 
-fn join(thread: JoinHandle<Result<AtomicFile>>) -> Result<AtomicFile> {
+fn join(thread: JoinHandle<Result<Staged>>) -> Result<Staged> {
     thread
         .join()
         .map_err(|_| anyhow!("a writer thread panicked"))?
@@ -101,7 +101,7 @@ mod tests {
     use crate::sink::Target;
 
     /// Writes the ids it gets, one per line; fails on a negative id.
-    struct Ids(AtomicFile);
+    struct Ids(crate::sink::AtomicFile);
 
     impl Sink for Ids {
         fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -117,8 +117,8 @@ mod tests {
             }
             Ok(())
         }
-        fn close(self: Box<Self>) -> Result<AtomicFile> {
-            Ok(self.0)
+        fn close(self: Box<Self>) -> Result<Staged> {
+            Ok(Staged::File(self.0))
         }
     }
 
@@ -132,7 +132,7 @@ mod tests {
             .iter()
             .map(|name| {
                 let target = Target::resolve(Some(name.as_ref()), "x", dir).unwrap();
-                Box::new(Ids(AtomicFile::create(&target).unwrap())) as Box<dyn Sink>
+                Box::new(Ids(crate::sink::AtomicFile::create(&target).unwrap())) as Box<dyn Sink>
             })
             .collect()
     }

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod extension;
+pub mod identity;
 pub mod parallel;
 pub mod plan;
 pub mod query;

@@ -1,8 +1,8 @@
 //! Reading the windows of a windowed plan at once, in one snapshot, and handing their rows on in
 //! order.
 //!
-//! The engine's own connection opens a REPEATABLE READ transaction and exports its snapshot
-//! (`pg_export_snapshot()`); every reader gets a DuckDB connection of its own (a PostgreSQL
+//! The engine's own connection, inside the caller's REPEATABLE READ transaction, exports its
+//! snapshot (`pg_export_snapshot()`); every reader gets a DuckDB connection of its own (a PostgreSQL
 //! session of its own) that imports it (`SET TRANSACTION SNAPSHOT`), as DuckDB's parallel scan
 //! does, so all windows together are one consistent read. Window 0 streams to the caller as it
 //! arrives; the later ones are taken in order by reader threads, each into an Arrow IPC spool
@@ -44,8 +44,9 @@ struct Shared {
     spool: PathBuf,
 }
 
-/// Runs the `windows` queries, at most `jobs` at a time (the first on `engine`'s connection),
-/// and hands every batch to `each`, window after window; returns the number of rows.
+/// Runs the `windows` queries, at most `jobs` at a time (the first on `engine`'s connection,
+/// which must be in a transaction: the caller's, which it commits), and hands every batch to
+/// `each`, window after window; returns the number of rows.
 pub fn for_each_batch(
     engine: &Engine,
     windows: &[String],
@@ -54,8 +55,6 @@ pub fn for_each_batch(
     mut each: impl FnMut(&RecordBatch) -> Result<()>,
 ) -> Result<u64> {
     let conn = engine.connection();
-    conn.execute_batch("BEGIN TRANSACTION")
-        .context("starting the export's transaction")?;
     let snapshot: String = conn
         .query_row(
             &in_postgres("SELECT pg_export_snapshot()::text"),
@@ -107,11 +106,14 @@ pub fn for_each_batch(
             .join()
             .map_err(|_| anyhow!("a reader thread panicked"))?;
     }
-    end_transaction(engine, result.is_ok())?;
+    if result.is_err() {
+        let _ = end_transaction(engine, false);
+    }
     result
 }
 
-/// Commits a read that succeeded. After a failure the connection is abandoned, not rolled back:
+/// Commits a reader's read that succeeded. After a failure the connection is abandoned, not
+/// rolled back:
 /// the server may have ended the session, and a failed rollback aborts the process
 /// ([`Engine::abandon`]); the server ends the transaction when the process exits.
 fn end_transaction(engine: &Engine, succeeded: bool) -> Result<()> {
@@ -181,14 +183,16 @@ fn start_reader(
             loop {
                 let index = shared.next.fetch_add(1, Ordering::SeqCst);
                 let Some(sql) = shared.windows.get(index) else {
+                    let _ = end_transaction(&reader, true);
                     return;
                 };
                 let read =
                     spool_window(&reader, sql, &shared).map(|(rows, file)| (index, rows, file));
-                if read.is_err() {
-                    shared.abort.store(true, Ordering::SeqCst);
-                }
                 let failed = read.is_err();
+                if failed {
+                    shared.abort.store(true, Ordering::SeqCst);
+                    let _ = end_transaction(&reader, false);
+                }
                 if sender.send(read).is_err() || failed {
                     return;
                 }

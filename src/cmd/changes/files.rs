@@ -18,7 +18,7 @@ use arrow::record_batch::RecordBatch;
 use super::pgoutput::Lsn;
 use crate::model::{self, Kind};
 use crate::sink::format::{Encoding, Format};
-use crate::sink::{self, Sink, Target};
+use crate::sink::{self, Sink, Staged, Target};
 
 /// What happened to an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,7 @@ impl ChangeFiles {
         from: Lsn,
         formats: &[&'static Format],
         encoding: &Encoding,
+        mode: u32,
     ) -> Result<Self> {
         let schema = model::change_schema();
         let sinks = formats
@@ -107,8 +108,9 @@ impl ChangeFiles {
                 // A provisional name: the temporary file starts with `.changes_<from>_`, which
                 // `remove_unconfirmed` knows.
                 let provisional = path(folder, from, Lsn(0), format);
-                let target = Target::resolve(Some(&provisional), "", Path::new("/"))?;
-                Ok(((format.create)(&target, schema.clone(), encoding)?, *format))
+                let target =
+                    Target::resolve(Some(&provisional), "", Path::new("/"))?.with_mode(mode);
+                Ok((format.open(&target, schema.clone(), encoding)?, *format))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -161,9 +163,11 @@ impl ChangeFiles {
         let mut paths = Vec::with_capacity(self.sinks.len());
         for (sink, format) in self.sinks {
             let path = path(&self.folder, self.from, to, format);
-            let mut file = sink.close()?;
+            let Staged::File(mut file) = sink.close()? else {
+                anyhow::bail!("a change file is a file");
+            };
             file.retarget(&path);
-            files.push(file);
+            files.push(Staged::File(file));
             paths.push(path);
         }
         sink::commit_all(files)?;

@@ -24,6 +24,7 @@ use crate::cli::ChangesArgs;
 use crate::context::Context;
 use crate::fault;
 use crate::lock::RunLock;
+use crate::sink::target::DEFAULT_MODE;
 use crate::source::engine::{Access, Engine};
 use slot::Feed;
 
@@ -92,12 +93,18 @@ pub fn run(ctx: &Context, args: &ChangesArgs) -> Result<()> {
 
 /// Reads everything available, a file per batch; returns the number of changes written.
 fn drain(feed: &Feed, folder: &Path, args: &ChangesArgs, quiet: bool) -> Result<u64> {
-    let encoding = Context::encoding(&args.output);
+    let encoding = Context::encoding(&args.output, None)?;
     let mut total = 0;
     loop {
         let from = feed.confirmed()?;
         files::remove_unconfirmed(folder, from)?;
-        let mut file = files::ChangeFiles::create(folder, from, &args.output.format.0, &encoding)?;
+        let mut file = files::ChangeFiles::create(
+            folder,
+            from,
+            &args.output.format.0,
+            &encoding,
+            args.output.mode.unwrap_or(DEFAULT_MODE),
+        )?;
         let batch = decode::read(feed, &mut file, args.max_changes)?;
         let Some(to) = batch.end else {
             return Ok(total);

@@ -31,11 +31,15 @@ use crate::error::UsageError;
 use crate::fault;
 use crate::lock::RunLock;
 use crate::model;
-use crate::pipeline::{self, Exported};
+use crate::pipeline::{self, Exported, Layout};
 use crate::progress::Progress;
+use crate::retention::TIME;
+use crate::sink::format::Encoding;
 use crate::sink::format::Format;
+use crate::sink::manifest::{self, Manifest};
 use crate::sink::{self, Target};
 use crate::source::engine::Engine;
+use crate::source::identity;
 use crate::source::plan::Plan;
 use crate::source::query::{self, in_postgres, Dialect, Window};
 use crate::source::settings::Source;
@@ -43,14 +47,14 @@ use state::{Identity, LastRun, State, DEFAULT_STATE};
 
 /// Where each run's files go without `--output`; `{time}` is the run's UTC time.
 const DEFAULT_TEMPLATE: &str = "exports/events_{time}";
-const TIME: &str = "{time}";
 /// The widest window `age()` can tell apart.
 const AGE_LIMIT: i64 = i32::MAX as i64;
 
 /// One incremental run.
 pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     let since = ctx.since(args.since.as_deref())?;
-    let targets = targets(ctx, args)?;
+    let encoding = Context::encoding(&args.output, args.output.output.as_deref())?;
+    let targets = targets(ctx, args, &encoding)?;
     let state_target =
         Target::resolve_flag("--state", args.state.as_deref(), DEFAULT_STATE, &ctx.cwd)?;
     let source = ctx.source(args.duckdb.as_deref(), args.demo)?;
@@ -94,7 +98,9 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     // Named before they exist, so that a run interrupted from here on is undone by the next.
     state.pending = targets
         .iter()
-        .map(|(t, _)| t.path.display().to_string())
+        .map(|(t, _)| t.path.clone())
+        .chain(std::iter::once(manifest::path_of(&targets[0].0.path)))
+        .map(|p| p.display().to_string())
         .collect();
     state::save(&state_target, &state)?;
     fault::point("incremental.pending-saved");
@@ -105,18 +111,34 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
         None => pipeline::progress_bar(&engine, since, Dialect::Postgres, ctx.quiet)?,
         Some(_) => Progress::hidden(),
     };
+    let layout = Layout {
+        partition_by: args.partition_by,
+        max_rows_per_file: args.max_rows_per_file,
+    };
     let (rows, files) = pipeline::write_files(
         &engine,
         &Plan::Serial(query::changed_events(&window)),
         model::event_schema(),
         &targets,
-        &Context::encoding(&args.output),
+        &encoding,
+        layout,
         &progress,
     )?;
     run_sql(&engine, "COMMIT")?;
     progress.finish(rows);
     let paths: Vec<PathBuf> = if rows > 0 || args.write_empty {
-        sink::commit_all(files)?;
+        let identity = snapshot.source.clone();
+        pipeline::commit(&targets, files, |output, written| {
+            Manifest::new(
+                output,
+                manifest::Source::postgres(identity),
+                since,
+                Some(snapshot.text.clone()),
+                args.partition_by.map(|b| format!("{b:?}").to_lowercase()),
+                rows,
+                written,
+            )
+        })?;
         fault::point("incremental.committed");
         pipeline::paths(targets)
     } else {
@@ -149,13 +171,22 @@ fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        removed.with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())
 }
 
 /// This run's files: the template with `{time}` filled in; never an existing file.
-fn targets(ctx: &Context, args: &ExportArgs) -> Result<Vec<(Target, &'static Format)>> {
+fn targets(
+    ctx: &Context,
+    args: &ExportArgs,
+    encoding: &Encoding,
+) -> Result<Vec<(Target, &'static Format)>> {
     let stamp = ctx.started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
     let template = args
         .output
@@ -172,7 +203,13 @@ fn targets(ctx: &Context, args: &ExportArgs) -> Result<Vec<(Target, &'static For
     }
     let output = template.map(|t| PathBuf::from(t.replace(TIME, &stamp)));
     let default = DEFAULT_TEMPLATE.replace(TIME, &stamp);
-    let targets = ctx.targets(output.as_deref(), &args.output, &default)?;
+    let targets = ctx.targets(
+        output.as_deref(),
+        &args.output,
+        &default,
+        encoding,
+        args.partition_by.is_some(),
+    )?;
     if let Some((taken, _)) = targets.iter().find(|(t, _)| t.path.exists()) {
         bail!(UsageError(format!(
             "{} already exists: each incremental run writes a new file; did the clock go back?",
@@ -200,34 +237,30 @@ struct Snapshot {
     /// `age()` of the horizon: ages are relative to horizon + this.
     horizon_age: i64,
     source: Identity,
+    /// `pg_current_snapshot()`, for the manifest.
+    text: String,
 }
 
 impl Snapshot {
     const SQL: &'static str = "SELECT s.horizon::text::bigint AS horizon, \
-        age((s.horizon::text::bigint % 4294967296)::text::xid)::bigint AS horizon_age, \
-        (SELECT system_identifier FROM pg_control_system())::text AS system_identifier, \
-        current_database()::text AS database, \
-        (SELECT oid FROM pg_database WHERE datname = current_database())::bigint AS database_oid, \
-        c.oid::bigint AS events_oid \
-        FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) AS s, pg_class AS c \
-        WHERE c.oid = 'events'::regclass";
+        age((s.horizon::text::bigint % 4294967296)::text::xid)::bigint AS horizon_age \
+        FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) AS s";
 
+    /// Inside the run's transaction: its horizon, and what it belongs to.
     fn read(engine: &Engine) -> Result<Self> {
-        engine
+        let (horizon, horizon_age) = engine
             .connection()
             .query_row(&in_postgres(Self::SQL), [], |row| {
-                Ok(Self {
-                    horizon: row.get::<_, i64>(0)? as u64,
-                    horizon_age: row.get(1)?,
-                    source: Identity {
-                        system_identifier: row.get(2)?,
-                        database: row.get(3)?,
-                        database_oid: row.get::<_, i64>(4)? as u32,
-                        events_oid: row.get::<_, i64>(5)? as u32,
-                    },
-                })
+                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
             })
-            .context("reading PostgreSQL's snapshot horizon")
+            .context("reading PostgreSQL's snapshot horizon")?;
+        let (source, text) = identity::read(engine)?;
+        Ok(Self {
+            horizon,
+            horizon_age,
+            source,
+            text,
+        })
     }
 
     /// The rows of this run: from the previous horizon (or everything) to this one.

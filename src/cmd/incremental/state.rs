@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
 use crate::sink::{self, AtomicFile, Target};
+pub use crate::source::identity::Identity;
 
 /// Where the state goes without `--state`.
 pub const DEFAULT_STATE: &str = "exports/.export-events-state.json";
@@ -40,15 +41,6 @@ pub struct State {
     /// Files of a run that has not finished: removed by the next run, which writes their rows
     /// again.
     pub pending: Vec<String>,
-}
-
-/// What the state belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    pub system_identifier: String,
-    pub database: String,
-    pub database_oid: u32,
-    pub events_oid: u32,
 }
 
 /// For people reading the file.
@@ -137,7 +129,7 @@ pub fn save(target: &Target, state: &State) -> Result<()> {
     serde_json::to_writer_pretty(&mut file, state)
         .with_context(|| format!("writing state file {}", target.path.display()))?;
     std::io::Write::write_all(&mut file, b"\n")?;
-    sink::commit_all(vec![file])
+    sink::commit_all(vec![sink::Staged::File(file)]).map(drop)
 }
 
 #[cfg(test)]

@@ -1,0 +1,367 @@
+//! Partitioned datasets: a Hive-style folder (`OUTPUT/date=2026-02-01/part-0.parquet`) that
+//! appears whole. It is written under a hidden temporary name beside its target, every file
+//! synced, and swapped in at commit (`commit::commit_all`).
+//!
+//! Rows arrive in the export's order, so each partition's rows come together: by day and month
+//! because the export is ordered by time, by rule because a rule-partitioned export is read
+//! ordered by rule first. One part file is open at a time per format, whatever the number of
+//! partitions, so memory stays flat; a partition rolls over to `part-1`, ... at
+//! `--max-rows-per-file`. A partition that comes back later (two rules with one name) gets the
+//! next part number. Within a file rows stay newest first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use arrow::array::{Array, AsArray as _};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::record_batch::RecordBatch;
+use chrono::DateTime;
+
+use super::commit::{create_new, sync_folder, Staged};
+use super::file::{temp_prefix, Written, TEMP_RANDOM, TEMP_SUFFIX};
+use super::format::{Encoding, Format};
+use super::{Sink, Target};
+
+/// What a dataset is split by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PartitionBy {
+    /// The event's UTC day: `date=2026-02-01`.
+    Day,
+    /// The event's UTC month: `month=2026-02`.
+    Month,
+    /// The rule's name: `rule=...`, escaped as Hive does.
+    Rule,
+}
+
+impl PartitionBy {
+    /// The model column the partition is computed from.
+    fn column(self) -> &'static str {
+        match self {
+            PartitionBy::Day | PartitionBy::Month => "timestamp",
+            PartitionBy::Rule => "rule",
+        }
+    }
+}
+
+/// A dataset folder being written under a temporary name beside its target.
+pub struct AtomicDir {
+    path: PathBuf,
+    target: PathBuf,
+    token: String,
+    files: Vec<Written>,
+    /// Removes the folder unless it was put in place.
+    cleanup: Option<tempfile::TempDir>,
+}
+
+/// The marker inside a staged folder, holding its token: tells a new dataset from the one it
+/// replaced when a killed commit is completed.
+const MARKER: &str = ".export-events-staged";
+
+impl AtomicDir {
+    /// Starts a dataset for `target`; nothing at `target` changes until it is committed.
+    pub fn create(target: &Target) -> Result<Self> {
+        let folder = target.path.parent().unwrap_or(Path::new("/"));
+        if target.create_folder() {
+            target
+                .create_dir_all(folder)
+                .with_context(|| format!("creating folder {}", folder.display()))?;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&temp_prefix(&target.path))
+            .suffix(TEMP_SUFFIX)
+            .rand_bytes(TEMP_RANDOM)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                target.folder_mode(),
+            ))
+            .tempdir_in(folder)
+            .with_context(|| format!("creating a folder in {}", folder.display()))?;
+        let token = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        std::io::Write::write_all(&mut create_new(&dir.path().join(MARKER))?, token.as_bytes())?;
+        Ok(Self {
+            path: dir.path().to_owned(),
+            target: target.path.clone(),
+            token,
+            files: Vec::new(),
+            cleanup: Some(dir),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Makes the folder's own entries durable (its files were synced as they were finished).
+    pub fn sync(&mut self) -> Result<()> {
+        let mut folders: Vec<&Path> = self.files.iter().filter_map(|f| f.path.parent()).collect();
+        folders.dedup();
+        folders.into_iter().for_each(sync_folder);
+        sync_folder(&self.path);
+        Ok(())
+    }
+
+    /// Its files, at their final paths.
+    pub fn records(&self) -> Vec<Written> {
+        self.files
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                if let Ok(relative) = f.path.strip_prefix(&self.path) {
+                    f.path = self.target.join(relative);
+                }
+                f
+            })
+            .collect()
+    }
+
+    /// Puts the folder at its target: a swap with the dataset it replaces, which is then
+    /// removed.
+    pub fn put_in_place(mut self) -> std::io::Result<()> {
+        let kept = self.cleanup.take().map(tempfile::TempDir::keep);
+        swap_in(&self.path, &self.target)?;
+        let _ = std::fs::remove_file(self.target.join(MARKER));
+        if self.path.exists() {
+            std::fs::remove_dir_all(&self.path)?;
+        }
+        drop(kept);
+        Ok(())
+    }
+
+    /// Finishes the commit of the staged folder `temp` (token `token`) to `target` that a
+    /// killed run left half-done.
+    pub fn complete(temp: &Path, target: &Path, token: &str) -> std::io::Result<()> {
+        let staged = |dir: &Path| std::fs::read_to_string(dir.join(MARKER)).ok();
+        if staged(temp).as_deref() == Some(token) {
+            swap_in(temp, target)?;
+        }
+        let _ = std::fs::remove_file(target.join(MARKER));
+        if temp.exists() {
+            std::fs::remove_dir_all(temp)?;
+        }
+        Ok(())
+    }
+}
+
+/// `rename` when nothing is at `target`; else an atomic exchange, leaving the old folder at
+/// `temp`.
+fn swap_in(temp: &Path, target: &Path) -> std::io::Result<()> {
+    if !target.exists() {
+        return std::fs::rename(temp, target);
+    }
+    use std::os::unix::ffi::OsStrExt as _;
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from, to) = (c(temp)?, c(target)?);
+    // SAFETY: valid NUL-terminated paths; renameat2 only renames.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A format's files of a partitioned dataset, written as rows come.
+pub struct DatasetSink {
+    dir: AtomicDir,
+    format: &'static Format,
+    schema: SchemaRef,
+    encoding: Encoding,
+    by: PartitionBy,
+    column: usize,
+    max_rows: u64,
+    mode: u32,
+    /// The open part: its partition, sink and rows so far.
+    current: Option<(String, Box<dyn Sink>, u64)>,
+    /// The next part number of every partition seen.
+    parts: HashMap<String, usize>,
+}
+
+impl DatasetSink {
+    /// Starts the dataset at `target` in `format`, split `by`.
+    pub fn create(
+        target: &Target,
+        format: &'static Format,
+        schema: SchemaRef,
+        encoding: &Encoding,
+        by: PartitionBy,
+        max_rows: u64,
+    ) -> Result<Self> {
+        let column = schema
+            .index_of(by.column())
+            .with_context(|| format!("the export has no {} column", by.column()))?;
+        Ok(Self {
+            dir: AtomicDir::create(target)?,
+            format,
+            schema,
+            encoding: *encoding,
+            by,
+            column,
+            max_rows: max_rows.max(1),
+            mode: target.mode,
+            current: None,
+            parts: HashMap::new(),
+        })
+    }
+
+    /// Writes `rows` of `batch` (all of one partition) to that partition's open part.
+    fn write_run(&mut self, key: &str, batch: &RecordBatch) -> Result<()> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let reuse = matches!(&self.current, Some((k, _, n)) if k == key && *n < self.max_rows);
+            if !reuse {
+                self.finish_part()?;
+                self.open_part(key)?;
+            }
+            let (_, sink, rows) = self.current.as_mut().expect("just opened");
+            let room = (self.max_rows - *rows) as usize;
+            let take = room.min(batch.num_rows() - offset);
+            sink.write_batch(&batch.slice(offset, take))?;
+            *rows += take as u64;
+            offset += take;
+        }
+        Ok(())
+    }
+
+    fn open_part(&mut self, key: &str) -> Result<()> {
+        let part = self.parts.entry(key.to_owned()).or_insert(0);
+        let path = self.dir.path.join(key).join(format!(
+            "part-{part}.{}",
+            self.format.file_extension(&self.encoding)
+        ));
+        *part += 1;
+        let target = Target::owned(path, self.mode);
+        let sink = self
+            .format
+            .open(&target, self.schema.clone(), &self.encoding)?;
+        self.current = Some((key.to_owned(), sink, 0));
+        Ok(())
+    }
+
+    /// Closes the open part, puts it at its name inside the dataset and records it.
+    fn finish_part(&mut self) -> Result<()> {
+        let Some((_, sink, _)) = self.current.take() else {
+            return Ok(());
+        };
+        let Staged::File(file) = sink.close()? else {
+            bail!("a part of a dataset is a file");
+        };
+        let written = super::commit::commit_all(vec![Staged::File(file)])?;
+        self.dir.files.extend(written);
+        Ok(())
+    }
+
+    /// The partition of row `row` of `batch`.
+    fn key(&self, batch: &RecordBatch, row: usize) -> Result<String> {
+        let array = batch.column(self.column);
+        Ok(match self.by {
+            PartitionBy::Day | PartitionBy::Month => {
+                let micros = array.as_primitive::<TimestampMicrosecondType>().value(row);
+                let day = DateTime::from_timestamp_micros(micros)
+                    .map(|t| t.date_naive())
+                    .context("a timestamp outside the calendar (infinity) cannot be partitioned")?;
+                match self.by {
+                    PartitionBy::Day => format!("date={}", day.format("%Y-%m-%d")),
+                    _ => format!("month={}", day.format("%Y-%m")),
+                }
+            }
+            PartitionBy::Rule => {
+                let name = if array.is_null(row) {
+                    None
+                } else if let Some(strings) = array.as_string_opt::<i32>() {
+                    Some(strings.value(row))
+                } else {
+                    Some(array.as_string_view().value(row))
+                };
+                format!("rule={}", hive_escape(name))
+            }
+        })
+    }
+}
+
+impl Sink for DatasetSink {
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut start = 0;
+        let mut key = None::<String>;
+        for row in 0..batch.num_rows() {
+            let this = self.key(batch, row)?;
+            match &key {
+                Some(k) if *k == this => {}
+                Some(k) => {
+                    let k = k.clone();
+                    self.write_run(&k, &batch.slice(start, row - start))?;
+                    start = row;
+                    key = Some(this);
+                }
+                None => key = Some(this),
+            }
+        }
+        if let Some(k) = key {
+            self.write_run(&k, &batch.slice(start, batch.num_rows() - start))?;
+        }
+        Ok(())
+    }
+
+    fn close(mut self: Box<Self>) -> Result<Staged> {
+        self.finish_part()?;
+        let DatasetSink { dir, .. } = *self;
+        Ok(Staged::Dataset(dir))
+    }
+}
+
+/// A partition value as Hive writes it in a folder name: `%XX` for control characters and
+/// `"#%'*/:=?\{[]^` and DEL; `__HIVE_DEFAULT_PARTITION__` for NULL or empty.
+pub fn hive_escape(value: Option<&str>) -> String {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return "__HIVE_DEFAULT_PARTITION__".into();
+    };
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        let special = matches!(
+            c,
+            '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
+        );
+        if special || c.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_values_are_escaped_as_hive_does() {
+        assert_eq!(hive_escape(Some("Temp > 30")), "Temp > 30");
+        assert_eq!(hive_escape(Some("a/b=c:d")), "a%2Fb%3Dc%3Ad");
+        assert_eq!(hive_escape(Some("line\nbreak")), "line%0Abreak");
+        assert_eq!(hive_escape(Some("100%")), "100%25");
+        assert_eq!(hive_escape(Some("湿度")), "湿度");
+        assert_eq!(hive_escape(None), "__HIVE_DEFAULT_PARTITION__");
+        assert_eq!(hive_escape(Some("")), "__HIVE_DEFAULT_PARTITION__");
+    }
+}

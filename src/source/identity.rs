@@ -1,0 +1,43 @@
+//! Which database and table an export or a cursor belongs to, and the snapshot a read saw: the
+//! server's system identifier (`pg_control_system()`, readable by any role), the database's name
+//! and OID and the `events` table's OID (both change when they are recreated).
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::engine::Engine;
+use super::query::in_postgres;
+
+/// What an export or a state belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub system_identifier: String,
+    pub database: String,
+    pub database_oid: u32,
+    pub events_oid: u32,
+}
+
+/// The identity of the attached PostgreSQL database, and the snapshot of the current
+/// transaction (`pg_current_snapshot()`): call it inside the transaction that reads.
+pub fn read(engine: &Engine) -> Result<(Identity, String)> {
+    let sql = in_postgres(
+        "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
+         current_database()::text, \
+         (SELECT oid FROM pg_database WHERE datname = current_database())::bigint, \
+         'events'::regclass::oid::bigint, pg_current_snapshot()::text",
+    );
+    engine
+        .connection()
+        .query_row(&sql, [], |row| {
+            Ok((
+                Identity {
+                    system_identifier: row.get(0)?,
+                    database: row.get(1)?,
+                    database_oid: row.get::<_, i64>(2)? as u32,
+                    events_oid: row.get::<_, i64>(3)? as u32,
+                },
+                row.get(4)?,
+            ))
+        })
+        .context("reading which database this is")
+}
