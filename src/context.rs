@@ -53,6 +53,11 @@ impl Context {
         })
     }
 
+    /// The run's UTC time as output templates write it for `{time}` (names sort in run order).
+    pub fn stamp(&self) -> String {
+        self.started.format("%Y%m%dT%H%M%S%.3fZ").to_string()
+    }
+
     /// `--since`, as an instant.
     pub fn since(&self, text: Option<&str>) -> Result<Option<DateTime<Utc>>, UsageError> {
         text.map(|text| since::parse(text, self.started))

@@ -131,7 +131,7 @@ fn fill_template(ctx: &Context, template: &Path) -> PathBuf {
     if !text.contains(TIME) {
         return template.to_owned();
     }
-    let stamp = ctx.started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let stamp = ctx.stamp();
     PathBuf::from(text.replace(TIME, &stamp))
 }
 

@@ -21,7 +21,7 @@ use chrono::DateTime;
 #[cfg(not(target_os = "linux"))]
 use super::commit::sync_folder;
 use super::commit::{create_new, Staged};
-use super::file::{io_error, temp_prefix, Written, TEMP_RANDOM, TEMP_SUFFIX};
+use super::file::{beside, folder_of, io_error, Written};
 use super::format::{Encoding, Format};
 use super::{Sink, Target};
 
@@ -63,21 +63,14 @@ const MARKER: &str = ".export-events-staged";
 impl AtomicDir {
     /// Starts a dataset for `target`; nothing at `target` changes until it is committed.
     pub fn create(target: &Target) -> Result<Self> {
-        let folder = target.path.parent().unwrap_or(Path::new("/"));
-        if target.create_folder() {
-            target
-                .create_dir_all(folder)
-                .with_context(|| format!("creating folder {}", folder.display()))?;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix(&temp_prefix(&target.path))
-            .suffix(TEMP_SUFFIX)
-            .rand_bytes(TEMP_RANDOM)
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        let folder = folder_of(target)?;
+        let dir = beside(&target.path, |b| {
+            b.permissions(std::os::unix::fs::PermissionsExt::from_mode(
                 target.folder_mode(),
             ))
             .tempdir_in(folder)
-            .with_context(|| format!("creating a folder in {}", folder.display()))?;
+        })
+        .with_context(|| format!("creating a folder in {}", folder.display()))?;
         let token = dir
             .path()
             .file_name()

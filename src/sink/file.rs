@@ -41,24 +41,43 @@ pub struct Written {
 /// so the fsync before the rename has little left to do.
 const WRITE_BACK: u64 = 8 << 20;
 
+/// The folder `target` goes in, created (with the target's folder mode) when the tool owns it.
+pub(super) fn folder_of(target: &Target) -> Result<&Path> {
+    let folder = target.path.parent().unwrap_or(Path::new("/"));
+    if target.create_folder() {
+        target
+            .create_dir_all(folder)
+            .with_context(|| format!("creating folder {}", folder.display()))?;
+    }
+    Ok(folder)
+}
+
+/// Names temporary files and folders beside `target` as [`recover`](super::recover) knows them
+/// (`.{name}.XXXXXX.tmp`), created O_CREAT | O_EXCL: a symlink planted at the name is never
+/// followed. `use_it` gets the builder (for a file or a folder).
+pub fn beside<T>(
+    target: &Path,
+    use_it: impl FnOnce(&mut tempfile::Builder) -> io::Result<T>,
+) -> io::Result<T> {
+    let prefix = temp_prefix(target);
+    let mut builder = tempfile::Builder::new();
+    builder
+        .prefix(&prefix)
+        .suffix(TEMP_SUFFIX)
+        .rand_bytes(TEMP_RANDOM);
+    use_it(&mut builder)
+}
+
 impl AtomicFile {
     /// Starts writing `target`; nothing at `target` changes until [`commit_all`].
     pub fn create(target: &Target) -> Result<Self> {
-        let folder = target.path.parent().unwrap_or(Path::new("/"));
-        if target.create_folder() {
-            target
-                .create_dir_all(folder)
-                .with_context(|| format!("creating folder {}", folder.display()))?;
-        }
-        // O_CREAT | O_EXCL: a symlink planted at the temporary name is an error, never followed.
-        let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&target.path))
-            .suffix(TEMP_SUFFIX)
-            .rand_bytes(TEMP_RANDOM)
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(target.mode))
-            .tempfile_in(folder)
-            .map_err(|e| io_error(e, &target.path))
-            .with_context(|| format!("creating a file in {}", folder.display()))?;
+        let folder = folder_of(target)?;
+        let temp = beside(&target.path, |b| {
+            b.permissions(std::os::unix::fs::PermissionsExt::from_mode(target.mode))
+                .tempfile_in(folder)
+        })
+        .map_err(|e| io_error(e, &target.path))
+        .with_context(|| format!("creating a file in {}", folder.display()))?;
         // The umask may have taken bits away from an explicit --mode: set it exactly.
         temp.as_file()
             .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(target.mode))

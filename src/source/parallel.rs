@@ -204,16 +204,7 @@ fn start_reader(
 /// Streams the rows of `sql` into a new spool file as Arrow IPC.
 fn spool_window(engine: &Engine, sql: &str, shared: &Shared) -> Result<(u64, NamedTempFile)> {
     let folder = shared.spool.parent().unwrap_or(Path::new("."));
-    let name = shared
-        .spool
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy();
-    let mut file = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .rand_bytes(6)
-        .tempfile_in(folder)
+    let mut file = crate::sink::file::beside(&shared.spool, |b| b.tempfile_in(folder))
         .with_context(|| format!("creating a spool file in {}", folder.display()))?;
     let mut writer: Option<StreamWriter<BufWriter<File>>> = None;
     let rows = engine.for_each_batch(sql, |batch| {

@@ -187,7 +187,7 @@ fn targets(
     args: &ExportArgs,
     encoding: &Encoding,
 ) -> Result<Vec<(Target, &'static Format)>> {
-    let stamp = ctx.started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let stamp = ctx.stamp();
     let template = args
         .output
         .output
