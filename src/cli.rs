@@ -252,10 +252,15 @@ pub struct ChangesArgs {
     #[arg(long, value_name = "NAME")]
     pub slot: String,
 
-    /// Create the publication and the slot, print the LSN an initial export must follow, and
-    /// stop.
+    /// Create the publication and the slot (with an exported snapshot, over a replication
+    /// connection), print its LSN, and stop.
     #[arg(long, conflicts_with_all = ["status", "drop_slot"])]
     pub create_slot: bool,
+
+    /// With --create-slot: take the initial export to PATH (in the change files' --format)
+    /// inside the slot's snapshot, so that it plus the feed is the table, with no overlap.
+    #[arg(long, value_name = "PATH", requires = "create_slot")]
+    pub initial_export: Option<PathBuf>,
 
     /// Show how far behind the slot is and how much WAL it keeps, and stop.
     #[arg(long, conflicts_with = "drop_slot")]
@@ -279,6 +284,42 @@ pub struct ChangesArgs {
     /// Seconds between files with --follow.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_interval: u64,
+
+    /// Publish the changes to NATS JetStream at this server (nats://host:4222) instead of
+    /// writing files: one JSON message a change, deduplicated by a Nats-Msg-Id per change.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+
+    /// With --to: the subject to publish on.
+    #[arg(
+        long,
+        value_name = "SUBJECT",
+        default_value = "iot.events.changes",
+        requires = "to"
+    )]
+    pub subject: String,
+
+    /// With --to and --create-stream: the name of the stream to create [default: the subject in
+    /// capitals, dots as underscores].
+    #[arg(long, value_name = "NAME", requires = "create_stream")]
+    pub stream: Option<String>,
+
+    /// With --to: create the JetStream stream for --subject when none takes it (otherwise that
+    /// is an error).
+    #[arg(long, requires = "to")]
+    pub create_stream: bool,
+
+    /// How to read the slot: stream (the replication protocol) or sql (peeking through SQL,
+    /// for servers that refuse replication connections).
+    #[arg(long, value_enum, default_value_t = Via::Stream)]
+    pub via: Via,
+}
+
+/// How `changes` reads the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    Stream,
+    Sql,
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! event [`model`]; [`pipeline`] streams the rows into [`sink`]s (the format registry, files that
 //! appear whole) with [`progress`], and reports. [`cmd`] has one module a command. Around them:
 //! [`cancel`] (signals), [`lock`] (one run per output), [`fault`] (test seams), [`error`] (one
-//! line and an exit status), [`fixtures`] (generated data).
+//! line and an exit status), [`fixtures`] (generated data), [`runtime`] (the async clients: object
+//! storage, replication, NATS).
 
 pub mod cancel;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod model;
 pub mod pipeline;
 pub mod progress;
 pub mod retention;
+pub mod runtime;
 pub mod since;
 pub mod sink;
 pub mod source;

@@ -15,7 +15,8 @@ use crate::progress::{self, Progress, Total};
 use crate::sink::dataset::{DatasetSink, PartitionBy};
 use crate::sink::format::{Encoding, Format};
 use crate::sink::manifest::{self, Manifest};
-use crate::sink::{self, threaded::Writers, Staged, Target, Written};
+use crate::sink::target::key_of;
+use crate::sink::{self, object, threaded::Writers, Staged, Target, Written};
 use crate::source::engine::Engine;
 use crate::source::parallel;
 use crate::source::plan::Plan;
@@ -42,21 +43,44 @@ impl Exported {
 }
 
 /// Locks every target (in path order, so two runs cannot each hold one), then makes each whole
-/// again if a killed run left it mid-commit or left temporary files beside it.
+/// again if a killed run left it mid-commit or left temporary files (or, in object storage,
+/// unfinished uploads) beside it. An object storage target is locked on this machine only (its
+/// lock is in the local state folder).
 pub fn lock_targets(targets: &[(Target, &'static Format)], wait: Wait) -> Result<Vec<RunLock>> {
-    let mut paths: Vec<&Path> = targets.iter().map(|(t, _)| t.path.as_path()).collect();
-    paths.sort();
-    let mut locks = Vec::with_capacity(paths.len());
-    for path in paths {
+    let mut sorted: Vec<&Target> = targets.iter().map(|(t, _)| t).collect();
+    sorted.sort_by_key(|t| t.shown());
+    let mut locks = Vec::with_capacity(sorted.len());
+    for target in sorted {
+        let shown = target.shown();
+        let Some(bucket) = &target.remote else {
+            locks.push(RunLock::acquire(&lock::beside(&target.path), &shown, wait)?);
+            sink::recover(&target.path)?;
+            sink::recover(&manifest::path_of(&target.path))?;
+            continue;
+        };
         locks.push(RunLock::acquire(
-            &lock::beside(path),
-            &path.display().to_string(),
+            &object::local_name(&shown, "lock"),
+            &shown,
             wait,
         )?);
-        sink::recover(path)?;
-        sink::recover(&manifest::path_of(path))?;
+        object::recover(bucket, &shown)?;
+        object::recover(
+            bucket,
+            &bucket.url(&key_of(&manifest::path_of(&target.path))),
+        )?;
     }
     Ok(locks)
+}
+
+/// Checks that every object storage target can be written (credentials, bucket, permission),
+/// before the source is opened: a wrong key fails fast and reads nothing.
+pub fn check_remote(targets: &[(Target, &'static Format)]) -> Result<()> {
+    for (target, _) in targets {
+        if let Some(bucket) = &target.remote {
+            bucket.check_write(&target.key())?;
+        }
+    }
+    Ok(())
 }
 
 /// How the rows are laid out in files: one file per format, or a partitioned dataset.
@@ -146,14 +170,22 @@ pub fn commit(
 ) -> Result<Vec<Written>> {
     let (first, _) = targets.first().context("an export has a target")?;
     let records: Vec<Written> = staged.iter().flat_map(Staged::records).collect();
+    // Removed before the new one is started: an object store may end uploads to a key it
+    // deletes.
+    manifest::remove_old(first)?;
     let manifest = about(&first.path, &records).stage(first)?;
-    manifest::remove_old(&first.path)?;
     let mut all = staged;
     all.push(Staged::File(manifest));
     sink::commit_all(all)
 }
 
-/// The paths of `targets`, for the report.
+/// The paths (or `s3://` URLs) of `targets`, for the report.
 pub fn paths(targets: Vec<(Target, &'static Format)>) -> Vec<PathBuf> {
-    targets.into_iter().map(|(t, _)| t.path).collect()
+    targets
+        .into_iter()
+        .map(|(t, _)| match t.remote {
+            Some(_) => PathBuf::from(t.shown()),
+            None => t.path,
+        })
+        .collect()
 }

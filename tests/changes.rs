@@ -10,64 +10,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::feed::*;
 use common::*;
 
 fn changes(dir: &Path, slot: &Slot, args: &[&str]) -> Run {
     Run::of(&mut slot.changes(dir, args))
 }
-
-/// The table as the export writes it, by id.
-fn table(dir: &Path, db: &TestDb, name: &str) -> BTreeMap<i64, Vec<String>> {
-    Run::of(export_events(dir).args(["-q", "--database-url", &db.url(), "-o", name])).success();
-    let mut reader = csv::Reader::from_path(dir.join(name)).unwrap();
-    reader
-        .records()
-        .map(|r| {
-            let row: Vec<String> = r.unwrap().iter().map(str::to_owned).collect();
-            (row[0].parse().unwrap(), row)
-        })
-        .collect()
-}
-
-/// Applies every change file of `folder`, in name order, to `rows`; returns the changes seen as
-/// (lsn, op, id), to check that none repeats.
-fn replay(folder: &Path, rows: &mut BTreeMap<i64, Vec<String>>) -> Vec<(String, String, i64)> {
-    let mut seen = Vec::new();
-    for name in files_in(folder).iter().filter(|n| n.ends_with(".csv")) {
-        let mut reader = csv::Reader::from_path(folder.join(name)).unwrap();
-        for record in reader.records() {
-            let record = record.unwrap();
-            let (lsn, op) = (record[0].to_owned(), record[3].to_owned());
-            let event: Vec<String> = record.iter().skip(4).map(str::to_owned).collect();
-            let id: i64 = event[0].parse().unwrap();
-            match op.as_str() {
-                "insert" | "update" => {
-                    rows.insert(id, event);
-                }
-                "delete" => {
-                    rows.remove(&id);
-                }
-                other => panic!("unknown op {other}"),
-            }
-            seen.push((lsn, op, id));
-        }
-    }
-    seen
-}
-
-const WRITES: &[&str] = &[
-    "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, trigger_telemetry_id) \
-     VALUES ('2026-03-01 00:00:00.25+00', now(), 4, false, 7), ('2020-01-01 00:00:00+00', now(), 1, true, NULL)",
-    "UPDATE events SET acknowledged = NOT acknowledged WHERE id IN (3, 7)",
-    "DELETE FROM events WHERE id IN (4, 9)",
-    "UPDATE rules SET name = 'Renamed, \"again\"' WHERE id = 5",
-    "BEGIN; INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
-     VALUES (now(), now(), 2, false); ROLLBACK",
-    "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, trigger_device_id) \
-     SELECT now() - i * interval '1 second', now(), 1 + i % 10, i % 3 = 0, i FROM generate_series(1, 5000) AS i",
-    "UPDATE events SET acknowledged = true WHERE id % 7 = 0",
-    "DELETE FROM events WHERE id % 11 = 0",
-];
 
 #[test]
 fn replaying_change_files_on_the_initial_export_gives_the_table() {

@@ -19,7 +19,7 @@ use crate::pipeline::{self, Exported, Layout};
 use crate::retention::{self, Keep, TIME};
 use crate::sink::dataset::PartitionBy;
 use crate::sink::manifest::{self, Manifest};
-use crate::source::engine::Engine;
+use crate::source::engine::{literal, Engine, CATALOG};
 use crate::source::identity;
 use crate::source::plan::{self, Plan};
 use crate::source::query::{self, Dialect};
@@ -32,6 +32,12 @@ pub const DEFAULT_STEM: &str = "exports/events_export";
 
 /// One export, silent but for the progress bar and notices.
 pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
+    run_in(ctx, args, None)
+}
+
+/// One export, reading PostgreSQL in `snapshot` (exported by another session, which must hold
+/// it until this returns) when given: the initial export of a change feed.
+pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Result<Exported> {
     let since = ctx.since(args.since.as_deref())?;
     let template = args.output.output.as_deref().map(Path::to_owned);
     let keep = keep(args, template.as_deref())?;
@@ -46,6 +52,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     )?;
     let source = ctx.source(args.duckdb.as_deref(), args.demo)?;
     cancel::install(Mode::Cancel)?;
+    pipeline::check_remote(&targets)?;
 
     let source = fixtures::demo(source, &ctx.cwd, ctx.quiet)?;
     let opened = source::open(&source)?;
@@ -55,6 +62,13 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     // PostgreSQL is read in one REPEATABLE READ transaction, whose snapshot the manifest names.
     let read = if postgres {
         run_sql(engine, "BEGIN TRANSACTION")?;
+        if let Some(snapshot) = snapshot {
+            let import = format!("SET TRANSACTION SNAPSHOT '{snapshot}'");
+            run_sql(
+                engine,
+                &format!("CALL postgres_execute('{CATALOG}', {})", literal(&import)),
+            )?;
+        }
         Some(identity::read(engine)?)
     } else {
         None
@@ -142,6 +156,13 @@ fn keep(args: &ExportArgs, template: Option<&Path>) -> Result<Keep, UsageError> 
         newer_than: args.keep_for,
     };
     let templated = template.is_some_and(|t| t.to_string_lossy().contains(TIME));
+    if keep.any() && template.is_some_and(|t| t.to_string_lossy().starts_with("s3://")) {
+        return Err(UsageError(
+            "--keep and --keep-for work on local files: for an s3:// output, expire old runs \
+             with a lifecycle rule on the bucket"
+                .into(),
+        ));
+    }
     if keep.any() && !templated {
         return Err(UsageError(format!(
             "--keep and --keep-for delete earlier runs' outputs: give --output a template with \

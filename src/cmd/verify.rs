@@ -7,7 +7,7 @@
 //! such ("source has N more"), not as a failure of the files.
 
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use chrono::DateTime;
@@ -17,18 +17,42 @@ use crate::cli::VerifyArgs;
 use crate::context::Context;
 use crate::sink::file::hex;
 use crate::sink::manifest::Manifest;
+use crate::sink::object;
+use crate::sink::target::{key_of, Target};
 use crate::source::identity;
 use crate::source::query::{self, Dialect};
 use crate::source::settings::Source;
 
 /// Checks the files, then the source; prints a line per file and the verdict.
 pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
-    let path = ctx.cwd.join(&args.manifest);
-    let manifest = Manifest::read(&path)?;
+    let remote = Target::folder(Some(&args.manifest), "", &ctx.cwd)?.remote;
+    let path = match &remote {
+        Some(_) => PathBuf::from("/").join(
+            object::parse(&args.manifest.to_string_lossy())
+                .expect("an s3:// URL")?
+                .1,
+        ),
+        None => ctx.cwd.join(&args.manifest),
+    };
+    let (manifest, shown) = match &remote {
+        Some(bucket) => {
+            let url = bucket.url(&key_of(&path));
+            let text = bucket.read(&key_of(&path))?;
+            (Manifest::parse(&String::from_utf8_lossy(&text), &url)?, url)
+        }
+        None => (Manifest::read(&path)?, path.display().to_string()),
+    };
     let mut failures = 0;
     println!("{:<60} {:>12} {:>14}  status", "file", "rows", "bytes");
     for (entry, file) in manifest.files.iter().zip(manifest.file_paths(&path)) {
-        let status = check_file(&file, entry.bytes, &entry.sha256);
+        let status = match &remote {
+            Some(bucket) => match bucket.hash(&key_of(&file)) {
+                Ok(None) => "missing".into(),
+                Ok(Some(found)) => compare(found, entry.bytes, &entry.sha256),
+                Err(e) => format!("unreadable: {}", crate::error::one_line(&e)),
+            },
+            None => check_file(&file, entry.bytes, &entry.sha256),
+        };
         if status != "ok" {
             failures += 1;
         }
@@ -40,16 +64,14 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
     println!("{}", source_line(ctx, &manifest));
     if failures > 0 {
         bail!(
-            "{failures} of {} files differ from manifest {}",
+            "{failures} of {} files differ from manifest {shown}",
             manifest.files.len(),
-            path.display()
         );
     }
     println!(
-        "Verified {} files ({} rows) of {}",
+        "Verified {} files ({} rows) of {shown}",
         manifest.files.len(),
         manifest.rows,
-        path.display()
     );
     Ok(())
 }
@@ -74,10 +96,16 @@ fn check_file(path: &Path, bytes: u64, sha256: &str) -> String {
             Err(e) => return format!("unreadable: {e}"),
         }
     }
+    compare((size, hex(&hash.finalize())), bytes, sha256)
+}
+
+/// `ok`, or how a file's size and hash `found` differ from the manifest's.
+fn compare(found: (u64, String), bytes: u64, sha256: &str) -> String {
+    let (size, hash) = found;
     if size != bytes {
         return format!("size differs ({size} bytes now)");
     }
-    if hex(&hash.finalize()) != sha256 {
+    if hash != sha256 {
         return "content differs (SHA-256)".into();
     }
     "ok".into()

@@ -20,12 +20,16 @@ use super::file::{
     file_name, io_error, is_temporary_of, temp_prefix, AtomicFile, Written, TEMP_RANDOM,
     TEMP_SUFFIX,
 };
+use super::object_dir::ObjectDir;
 use crate::fault;
 
 /// An output complete under its temporary name, ready to be put in place.
 pub enum Staged {
     File(AtomicFile),
     Dataset(AtomicDir),
+    /// A dataset in object storage: uploads to complete, then the previous dataset's leftovers
+    /// to remove.
+    Objects(ObjectDir),
 }
 
 impl Staged {
@@ -35,6 +39,7 @@ impl Staged {
         match self {
             Staged::File(f) => vec![f.written(f.target.clone())],
             Staged::Dataset(d) => d.records(),
+            Staged::Objects(d) => d.records(),
         }
     }
 
@@ -42,13 +47,23 @@ impl Staged {
         match self {
             Staged::File(f) => &f.target,
             Staged::Dataset(d) => d.target(),
+            Staged::Objects(d) => d.target(),
+        }
+    }
+
+    /// Whether it goes to object storage (no journal, no rename: uploads are completed).
+    fn remote(&self) -> bool {
+        match self {
+            Staged::File(f) => f.temp_path().is_none(),
+            Staged::Dataset(_) => false,
+            Staged::Objects(_) => true,
         }
     }
 
     fn entry(&self) -> Entry {
         match self {
             Staged::File(f) => Entry {
-                temp: f.temp.path().to_owned(),
+                temp: f.temp_path().unwrap_or(Path::new("")).to_owned(),
                 target: f.target.clone(),
                 token: None,
             },
@@ -57,20 +72,31 @@ impl Staged {
                 target: d.target().to_owned(),
                 token: Some(d.token().to_owned()),
             },
+            Staged::Objects(d) => Entry {
+                temp: PathBuf::new(),
+                target: d.target().to_owned(),
+                token: None,
+            },
         }
     }
 }
 
 /// Syncs every output, then puts each in place; either all change or none does. Returns what
 /// each file holds (a dataset's files one by one).
+///
+/// Object storage has no rename to journal: every upload is finished first, then completed in
+/// order (each object appears whole, replacing the old one whole). The manifest, removed before
+/// and completed last, is what tells readers the group is whole.
 pub fn commit_all(mut staged: Vec<Staged>) -> Result<Vec<Written>> {
     for output in &mut staged {
         match output {
             Staged::File(f) => f.sync()?,
             Staged::Dataset(d) => d.sync()?,
+            Staged::Objects(_) => {}
         }
     }
-    let journal = if staged.len() > 1 {
+    let remote = staged.iter().any(Staged::remote);
+    let journal = if staged.len() > 1 && !remote {
         Some(Journal::write(&staged)?)
     } else {
         None
@@ -78,8 +104,8 @@ pub fn commit_all(mut staged: Vec<Staged>) -> Result<Vec<Written>> {
     let previous = staged
         .iter()
         .map(|s| match s {
-            Staged::File(f) => Previous::keep(&f.target),
-            Staged::Dataset(_) => Ok(Previous::none(s.target())),
+            Staged::File(f) if !remote => Previous::keep(&f.target),
+            _ => Ok(Previous::none(s.target())),
         })
         .collect::<Result<Vec<_>>>()?;
     let mut written = Vec::new();
@@ -91,12 +117,9 @@ pub fn commit_all(mut staged: Vec<Staged>) -> Result<Vec<Written>> {
         let target = targets[done].clone();
         let records = output.records();
         let result = match output {
-            Staged::File(file) => file
-                .temp
-                .persist(&target)
-                .map(|_| ())
-                .map_err(|e| io_error(e.error, &target)),
+            Staged::File(file) => file.put_in_place(),
             Staged::Dataset(dir) => dir.put_in_place(),
+            Staged::Objects(dir) => dir.put_in_place(),
         };
         match result {
             Ok(()) => written.extend(records),
@@ -111,7 +134,11 @@ pub fn commit_all(mut staged: Vec<Staged>) -> Result<Vec<Written>> {
             }
         }
     }
-    for folder in targets.iter().filter_map(|t| t.parent()) {
+    for folder in targets
+        .iter()
+        .filter_map(|t| t.parent())
+        .filter(|_| !remote)
+    {
         sync_folder(folder);
     }
     if let Some(journal) = journal {
@@ -302,7 +329,7 @@ mod tests {
         let target = Target::resolve(Some(Path::new("a.csv")), "d.csv", dir.path()).unwrap();
         let mut left = AtomicFile::create(&target).unwrap();
         left.write_all(b"partial").unwrap();
-        let partial = left.temp.path().to_owned();
+        let partial = left.temp_path().unwrap().to_owned();
         std::mem::forget(left); // as if the process had been killed
         let other = dir.path().join(".b.csv.x.tmp");
         std::fs::write(&other, "other").unwrap();
@@ -349,10 +376,13 @@ mod tests {
         let journal = Journal::write(&staged).unwrap();
         let mut files = staged.into_iter().map(|s| match s {
             Staged::File(f) => f,
-            Staged::Dataset(_) => unreachable!(),
+            _ => unreachable!(),
         });
-        files.next().unwrap().temp.persist(&a.path).unwrap();
-        let unrenamed = files.next().unwrap().temp.into_temp_path().keep().unwrap();
+        files.next().unwrap().put_in_place().unwrap();
+        let unrenamed = match files.next().unwrap().body {
+            super::super::file::Body::Local(temp) => temp.into_temp_path().keep().unwrap(),
+            super::super::file::Body::Object(_) => unreachable!(),
+        };
         assert_eq!(std::fs::read_to_string(&a.path).unwrap(), "new a");
         assert_eq!(std::fs::read_to_string(&b.path).unwrap(), "old b");
         assert!(journal.path.exists() && unrenamed.exists());

@@ -21,8 +21,9 @@ use chrono::DateTime;
 #[cfg(not(target_os = "linux"))]
 use super::commit::sync_folder;
 use super::commit::{create_new, Staged};
-use super::file::{beside, folder_of, io_error, Written};
+use super::file::{beside, folder_of, Written};
 use super::format::{Encoding, Format};
+use super::object_dir::ObjectDir;
 use super::{Sink, Target};
 
 /// What a dataset is split by.
@@ -192,9 +193,16 @@ fn swap_in(temp: &Path, target: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Where a dataset's parts are staged: a local folder swapped in whole, or uploads completed
+/// at commit.
+enum Parts {
+    Local(AtomicDir),
+    Object(ObjectDir),
+}
+
 /// A format's files of a partitioned dataset, written as rows come.
 pub struct DatasetSink {
-    dir: AtomicDir,
+    dir: Parts,
     format: &'static Format,
     schema: SchemaRef,
     encoding: Encoding,
@@ -221,8 +229,12 @@ impl DatasetSink {
         let column = schema
             .index_of(by.column())
             .with_context(|| format!("the export has no {} column", by.column()))?;
+        let dir = match &target.remote {
+            Some(bucket) => Parts::Object(ObjectDir::create(target, bucket)?),
+            None => Parts::Local(AtomicDir::create(target)?),
+        };
         Ok(Self {
-            dir: AtomicDir::create(target)?,
+            dir,
             format,
             schema,
             encoding: *encoding,
@@ -256,12 +268,15 @@ impl DatasetSink {
 
     fn open_part(&mut self, key: &str) -> Result<()> {
         let part = self.parts.entry(key.to_owned()).or_insert(0);
-        let path = self.dir.path.join(key).join(format!(
+        let relative = Path::new(key).join(format!(
             "part-{part}.{}",
             self.format.file_extension(&self.encoding)
         ));
         *part += 1;
-        let target = Target::owned(path, self.mode);
+        let target = match &self.dir {
+            Parts::Local(dir) => Target::owned(dir.path.join(relative), self.mode),
+            Parts::Object(dir) => dir.part(&relative),
+        };
         let sink = self
             .format
             .open(&target, self.schema.clone(), &self.encoding)?;
@@ -278,14 +293,17 @@ impl DatasetSink {
         let Staged::File(file) = sink.close()? else {
             bail!("a part of a dataset is a file");
         };
-        let record = file.written(file.target.clone());
-        let target = file.target.clone();
-        file.temp
-            .persist(&target)
-            .map_err(|e| io_error(e.error, &target))
-            .with_context(|| format!("writing {}", target.display()))?;
-        self.dir.files.push(record);
-        Ok(())
+        match &mut self.dir {
+            Parts::Local(dir) => {
+                let record = file.written(file.target.clone());
+                let target = file.target.clone();
+                file.put_in_place()
+                    .with_context(|| format!("writing {}", target.display()))?;
+                dir.files.push(record);
+                Ok(())
+            }
+            Parts::Object(dir) => dir.add(file),
+        }
     }
 
     /// Where in `batch` each partition's rows start, and the partition's folder name: rows of one
@@ -354,7 +372,10 @@ impl Sink for DatasetSink {
     fn close(mut self: Box<Self>) -> Result<Staged> {
         self.finish_part()?;
         let DatasetSink { dir, .. } = *self;
-        Ok(Staged::Dataset(dir))
+        Ok(match dir {
+            Parts::Local(dir) => Staged::Dataset(dir),
+            Parts::Object(dir) => Staged::Objects(dir),
+        })
     }
 }
 

@@ -2,7 +2,8 @@
 //! of its target (owner-only by default), never through a symlink planted in its place, hashed
 //! (SHA-256) and counted as it is written so the manifest costs no second read. Dropping it
 //! unfinished removes the temporary file; `commit` puts it in place. A full disk is reported as
-//! such, naming the file.
+//! such, naming the file. At an object storage target the same file is a multipart upload
+//! ([`super::object::Upload`]) that the commit completes.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -11,11 +12,12 @@ use anyhow::{Context as _, Result};
 use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
+use super::object::Upload;
 use super::target::Target;
 
 /// A file being written under a temporary name beside its target.
 pub struct AtomicFile {
-    pub(super) temp: NamedTempFile,
+    pub(super) body: Body,
     pub(super) target: PathBuf,
     /// Bytes written so far, and how many of them the kernel was asked to write back.
     written: u64,
@@ -23,6 +25,14 @@ pub struct AtomicFile {
     hash: Sha256,
     rows: u64,
     range: Option<(i64, i64)>,
+}
+
+/// Where the bytes go until the commit.
+pub(super) enum Body {
+    /// A temporary file beside the target, renamed over it.
+    Local(NamedTempFile),
+    /// A multipart upload, completed at the target's key.
+    Object(Upload),
 }
 
 /// What a finished file holds, for the manifest.
@@ -71,6 +81,10 @@ pub fn beside<T>(
 impl AtomicFile {
     /// Starts writing `target`; nothing at `target` changes until [`commit_all`].
     pub fn create(target: &Target) -> Result<Self> {
+        if let Some(bucket) = &target.remote {
+            let upload = Upload::start(bucket, &target.key())?;
+            return Ok(Self::new(Body::Object(upload), target));
+        }
         let folder = folder_of(target)?;
         let temp = beside(&target.path, |b| {
             b.permissions(std::os::unix::fs::PermissionsExt::from_mode(target.mode))
@@ -82,15 +96,38 @@ impl AtomicFile {
         temp.as_file()
             .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(target.mode))
             .with_context(|| format!("setting the permissions of {}", target.path.display()))?;
-        Ok(Self {
-            temp,
+        Ok(Self::new(Body::Local(temp), target))
+    }
+
+    fn new(body: Body, target: &Target) -> Self {
+        Self {
+            body,
             target: target.path.clone(),
             written: 0,
             flushed: 0,
             hash: Sha256::new(),
             rows: 0,
             range: None,
-        })
+        }
+    }
+
+    /// The temporary file, for a local target.
+    pub(super) fn temp_path(&self) -> Option<&Path> {
+        match &self.body {
+            Body::Local(temp) => Some(temp.path()),
+            Body::Object(_) => None,
+        }
+    }
+
+    /// Puts the finished file at its target: a rename, or the upload's completion.
+    pub(super) fn put_in_place(self) -> io::Result<()> {
+        match self.body {
+            Body::Local(temp) => temp
+                .persist(&self.target)
+                .map(|_| ())
+                .map_err(|e| io_error(e.error, &self.target)),
+            Body::Object(upload) => upload.complete_at(&super::target::key_of(&self.target)),
+        }
     }
 
     /// Counts `rows` more events, whose timestamps span `range`, into the file's record.
@@ -118,6 +155,9 @@ impl AtomicFile {
         if self.written - self.flushed < WRITE_BACK {
             return;
         }
+        let Body::Local(temp) = &self.body else {
+            return;
+        };
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd as _;
@@ -125,7 +165,7 @@ impl AtomicFile {
             // harmless: the fsync at commit writes everything anyway.
             unsafe {
                 libc::sync_file_range(
-                    self.temp.as_file().as_raw_fd(),
+                    temp.as_file().as_raw_fd(),
                     self.flushed as libc::off64_t,
                     (self.written - self.flushed) as libc::off64_t,
                     libc::SYNC_FILE_RANGE_WRITE,
@@ -141,28 +181,35 @@ impl AtomicFile {
         self.target = target.to_owned();
     }
 
+    /// Makes the file durable (a local file) or every part uploaded (an object).
     pub(super) fn sync(&mut self) -> Result<()> {
-        self.temp
-            .flush()
-            .and_then(|()| self.temp.as_file().sync_all())
-            .map_err(|e| io_error(e, &self.target))
-            .with_context(|| format!("writing {}", self.target.display()))
+        match &mut self.body {
+            Body::Local(temp) => temp
+                .flush()
+                .and_then(|()| temp.as_file().sync_all())
+                .map_err(|e| io_error(e, &self.target)),
+            Body::Object(upload) => upload.finish(),
+        }
+        .with_context(|| format!("writing {}", self.target.display()))
     }
 }
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self
-            .temp
-            .write(buf)
-            .map_err(|e| io_error(e, &self.target))?;
+        let n = match &mut self.body {
+            Body::Local(temp) => temp.write(buf).map_err(|e| io_error(e, &self.target))?,
+            Body::Object(upload) => upload.write(buf)?,
+        };
         self.hash.update(&buf[..n]);
         self.written += n as u64;
         self.start_write_back();
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.temp.flush().map_err(|e| io_error(e, &self.target))
+        match &mut self.body {
+            Body::Local(temp) => temp.flush().map_err(|e| io_error(e, &self.target)),
+            Body::Object(_) => Ok(()),
+        }
     }
 }
 

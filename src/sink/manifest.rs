@@ -140,7 +140,7 @@ impl Manifest {
 
     /// The manifest as a file ready to be committed last, at `path_of(output)`.
     pub fn stage(&self, output: &Target) -> Result<AtomicFile> {
-        let target = Target::owned(path_of(&output.path), output.mode);
+        let target = output.at(path_of(&output.path));
         let mut file = AtomicFile::create(&target)?;
         serde_json::to_writer_pretty(&mut file, self).context("writing the manifest")?;
         std::io::Write::write_all(&mut file, b"\n")?;
@@ -151,18 +151,21 @@ impl Manifest {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading manifest {}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        if value.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
-            bail!(crate::error::UsageError(format!(
-                "{} is not an export-events manifest (no \"kind\": \"{KIND}\")",
-                path.display()
-            )));
-        }
-        serde_json::from_value(value).with_context(|| format!("reading {}", path.display()))
+        Self::parse(&text, &path.display().to_string())
     }
 
-    /// The files' absolute paths, given where the manifest is.
+    /// A manifest's text, read from `name`, refusing what is not one.
+    pub fn parse(text: &str, name: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).with_context(|| format!("{name} is not JSON"))?;
+        if value.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
+            bail!(crate::error::UsageError(format!(
+                "{name} is not an export-events manifest (no \"kind\": \"{KIND}\")"
+            )));
+        }
+        serde_json::from_value(value).with_context(|| format!("reading {name}"))
+    }
+
     pub fn file_paths(&self, manifest: &Path) -> Vec<PathBuf> {
         let folder = manifest.parent().unwrap_or(Path::new("/"));
         self.files.iter().map(|f| folder.join(&f.path)).collect()
@@ -177,8 +180,11 @@ fn instant(micros: i64) -> String {
 }
 
 /// Removes the manifest of `output`, before a commit that replaces what it describes.
-pub fn remove_old(output: &Path) -> Result<()> {
-    let path = path_of(output);
+pub fn remove_old(output: &Target) -> Result<()> {
+    let path = path_of(&output.path);
+    if let Some(bucket) = &output.remote {
+        return bucket.delete(&super::target::key_of(&path));
+    }
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing the old manifest {}", path.display()))

@@ -10,6 +10,8 @@ pub mod dataset;
 pub mod file;
 pub mod format;
 pub mod manifest;
+pub mod object;
+pub mod object_dir;
 pub mod parquet;
 pub mod registry;
 pub mod target;

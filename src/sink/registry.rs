@@ -68,7 +68,7 @@ pub fn targets(
     let mut targets = vec![(main.clone(), *first)];
     for format in rest {
         let sibling = main.sibling(&own, &format.file_extension(encoding))?;
-        if dataset {
+        if dataset && sibling.remote.is_none() {
             Target::check_dataset(&sibling.path)?;
         }
         targets.push((sibling, *format));

@@ -1,10 +1,13 @@
 //! Where an output goes: an absolute path whose folder exists, or is ours to create (the
 //! default `exports/`), with the permissions its files get (owner-only unless `--mode` says
 //! otherwise: events can hold personal data). Checked before anything is read, so a bad
-//! `--output` changes nothing.
+//! `--output` changes nothing. An `s3://bucket/key` output is an object storage target: its
+//! path is the key (as `/key`), and its bucket says where it goes.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
+use super::object::{self, Bucket};
 use crate::error::UsageError;
 
 /// Where an output goes: an absolute path whose folder exists (or is ours to create).
@@ -15,6 +18,8 @@ pub struct Target {
     /// Permissions of the files written here (folders the tool creates get the same, plus
     /// execute where read is allowed).
     pub mode: u32,
+    /// The bucket of an object storage target.
+    pub remote: Option<Arc<Bucket>>,
 }
 
 /// Files are owner-only unless `--mode` says otherwise.
@@ -32,7 +37,45 @@ impl Target {
             path,
             create_folder: true,
             mode,
+            remote: None,
         }
+    }
+
+    /// Another file at `path` where this one goes (same storage, same permissions), in a folder
+    /// the tool owns: a manifest, a part of a dataset.
+    pub fn at(&self, path: PathBuf) -> Self {
+        Self {
+            path,
+            create_folder: true,
+            mode: self.mode,
+            remote: self.remote.clone(),
+        }
+    }
+
+    /// The object key of a remote target (its path without the leading `/`).
+    pub fn key(&self) -> String {
+        key_of(&self.path)
+    }
+
+    /// How the target is shown to users: its path, or its `s3://` URL.
+    pub fn shown(&self) -> String {
+        match &self.remote {
+            Some(bucket) => bucket.url(&self.key()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// An `s3://bucket/key` output as a target, when `output` is one.
+    fn remote(output: &Path) -> Option<Result<Self, UsageError>> {
+        let parsed = object::parse(&output.to_string_lossy())?;
+        Some(parsed.and_then(|(bucket, key)| {
+            Ok(Self {
+                path: Path::new("/").join(key),
+                create_folder: true,
+                mode: DEFAULT_MODE,
+                remote: Some(Bucket::open(&bucket)?),
+            })
+        }))
     }
 
     /// The same target with files of permissions `mode`.
@@ -75,8 +118,12 @@ impl Target {
                 path: normalize(&cwd.join(default)),
                 create_folder: true,
                 mode: DEFAULT_MODE,
+                remote: None,
             });
         };
+        if let Some(remote) = Self::remote(output) {
+            return remote;
+        }
         let path = normalize(&cwd.join(output));
         if path.is_dir() {
             return Err(UsageError(format!(
@@ -99,11 +146,26 @@ impl Target {
             path,
             create_folder: false,
             mode: DEFAULT_MODE,
+            remote: None,
         })
     }
 }
 
 impl Target {
+    /// A folder of files the tool names itself (change files): `output` or `default` under
+    /// `cwd`, or an `s3://bucket/prefix`.
+    pub fn folder(output: Option<&Path>, default: &str, cwd: &Path) -> Result<Self, UsageError> {
+        if let Some(remote) = output.and_then(Self::remote) {
+            return remote;
+        }
+        Ok(Self {
+            path: normalize(&cwd.join(output.unwrap_or(Path::new(default)))),
+            create_folder: true,
+            mode: DEFAULT_MODE,
+            remote: None,
+        })
+    }
+
     /// A dataset folder: `--output PATH` (its parent must exist) or `default` under `cwd`. An
     /// existing folder there is replaced only if export-events wrote it (its manifest is beside
     /// it) or it is empty; nothing else is ever removed.
@@ -112,6 +174,9 @@ impl Target {
         default: &str,
         cwd: &Path,
     ) -> Result<Self, UsageError> {
+        if let Some(remote) = output.and_then(Self::remote) {
+            return remote;
+        }
         let target = match output {
             Some(output) => {
                 let path = normalize(&cwd.join(output));
@@ -128,12 +193,14 @@ impl Target {
                     path,
                     create_folder: false,
                     mode: DEFAULT_MODE,
+                    remote: None,
                 }
             }
             None => Self {
                 path: normalize(&cwd.join(default)),
                 create_folder: true,
                 mode: DEFAULT_MODE,
+                remote: None,
             },
         };
         Self::check_dataset(&target.path)?;
@@ -184,8 +251,14 @@ impl Target {
             path,
             create_folder: self.create_folder,
             mode: self.mode,
+            remote: self.remote.clone(),
         })
     }
+}
+
+/// The object key of a remote target's path.
+pub fn key_of(path: &Path) -> String {
+    path.to_string_lossy().trim_start_matches('/').to_owned()
 }
 
 /// `path` without `.` and `..` components (as Python's `os.path.abspath`), symlinks untouched.

@@ -2,6 +2,7 @@
 //! DuckDB that attaches it ([`engine`], with the `postgres` extension from [`extension`]), and
 //! the SQL that reads it ([`query`]).
 
+pub mod conninfo;
 pub mod engine;
 pub mod extension;
 pub mod identity;

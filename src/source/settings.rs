@@ -21,7 +21,7 @@ pub enum Source {
 }
 
 /// A PostgreSQL connection string (URL or libpq `key=value`) and where it came from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PgConnection {
     conninfo: String,
     /// Which setting supplied it, for messages: `--database-url`, `DATABASE_URL`, ...

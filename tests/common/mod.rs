@@ -6,6 +6,8 @@
 //! `EXPORT_EVENTS_TEST_PG` (a `postgres://user@host:port` base URL of a superuser).
 #![allow(dead_code)] // each test file uses its own part of this module
 
+pub mod feed;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

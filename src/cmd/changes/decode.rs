@@ -1,4 +1,4 @@
-//! One batch of the slot's changes: whole transactions peeked from the slot, decoded, and turned
+//! The slot's changes, decoded (from the replication stream, or peeked through SQL) and turned
 //! into change rows of the model's change columns. Each event column is read from the
 //! replicated `events` row or, for the rule's columns, from the rule (kept current from the
 //! stream). A `rules` update becomes an update of every current event of that rule with its new
@@ -14,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::DateTime;
 use duckdb::Connection;
 
-use super::files::{ChangeFiles, Op, Value};
+use super::files::{Op, Value};
 use super::pgoutput::{decode, Lsn, Message, Relation, Value as Datum};
 use super::slot::Feed;
 use crate::model::{self, Column, Kind, Origin};
@@ -24,6 +24,14 @@ use crate::source::query::{self, in_postgres};
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const POSTGRES_EPOCH: i64 = 946_684_800_000_000;
 
+/// Where decoded change rows go: change files, or a JetStream batch.
+pub trait Changes {
+    /// Adds one change: a value for each change column, in order.
+    fn push(&mut self, row: &[Value]) -> Result<()>;
+    /// Changes pushed so far.
+    fn rows(&self) -> u64;
+}
+
 /// What a read found: the LSN to confirm once its changes are written.
 pub struct Batch {
     /// End of the last transaction read; `None` when there was nothing.
@@ -32,43 +40,37 @@ pub struct Batch {
     pub full: bool,
 }
 
-/// Peeks up to about `max` messages (whole transactions), decodes them as they stream in, and
-/// writes their changes of events to `out`.
-pub fn read(feed: &Feed, out: &mut ChangeFiles, max: u64) -> Result<Batch> {
+/// The SQL path (`--via sql`): peeks up to about `max` messages (whole transactions) with
+/// `pg_logical_slot_peek_binary_changes`, decodes them as they stream in, and writes their
+/// changes of events to `out`. Every call decodes again from the confirmed position.
+pub fn read(feed: &Feed, out: &mut dyn Changes, max: u64) -> Result<Batch> {
     let sql = format!(
         "SELECT data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, {max}, \
          'proto_version', '1', 'publication_names', '{slot}')",
         slot = feed.slot
     );
-    // Rule lookups run on a second connection while the peek streams on the first.
-    let lookups = Engine::from(feed.engine.connection().try_clone()?);
-    let mut decoder = Decoder {
-        rules: rules(lookups.connection())?,
-        lookups,
-        relations: HashMap::new(),
-        out,
-        lsn: Lsn::default(),
-        xid: 0,
-        commit_time: 0,
-        batch: Batch {
-            end: None,
-            full: false,
-        },
+    let mut decoder = Decoder::new(feed.engine)?;
+    let mut batch = Batch {
+        end: None,
+        full: false,
     };
     let messages = feed
         .engine
-        .for_each_batch(&in_postgres(&sql), |batch| {
-            let data = batch
+        .for_each_batch(&in_postgres(&sql), |rows| {
+            let data = rows
                 .column(0)
                 .as_binary_opt::<i32>()
                 .context("pgoutput data is binary")?;
-            data.iter()
-                .flatten()
-                .try_for_each(|bytes| decoder.message(decode(bytes)?))
+            data.iter().flatten().try_for_each(|bytes| {
+                if let Some(end) = decoder.message(decode(bytes)?, out)? {
+                    batch.end = Some(end);
+                }
+                Ok(())
+            })
         })
         .map_err(|e| feed.explain(&format!("{e:#}")))?;
-    decoder.batch.full = messages >= max;
-    Ok(decoder.batch)
+    batch.full = messages >= max;
+    Ok(batch)
 }
 
 /// A rule's values of the columns the model reads from rules, by column name.
@@ -97,20 +99,34 @@ fn rules(conn: &Connection) -> Result<HashMap<i64, Rule>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-struct Decoder<'a> {
+/// Turns pgoutput messages into change rows, keeping the rules current.
+pub struct Decoder {
+    /// A second connection, for rule lookups while the first one streams.
     lookups: Engine,
     rules: HashMap<i64, Rule>,
     relations: HashMap<u32, Relation>,
-    out: &'a mut ChangeFiles,
     /// The commit LSN of the open transaction (Begin announces it).
     lsn: Lsn,
     xid: u32,
     commit_time: i64,
-    batch: Batch,
 }
 
-impl Decoder<'_> {
-    fn message(&mut self, message: Message) -> Result<()> {
+impl Decoder {
+    /// A decoder that looks rules up through a connection of its own to `engine`'s database.
+    pub fn new(engine: &Engine) -> Result<Self> {
+        let lookups = Engine::from(engine.connection().try_clone()?);
+        Ok(Self {
+            rules: rules(lookups.connection())?,
+            lookups,
+            relations: HashMap::new(),
+            lsn: Lsn::default(),
+            xid: 0,
+            commit_time: 0,
+        })
+    }
+
+    /// Handles one message, writing its changes to `out`; at a commit, returns its end LSN.
+    pub fn message(&mut self, message: Message, out: &mut dyn Changes) -> Result<Option<Lsn>> {
         match message {
             Message::Begin {
                 final_lsn,
@@ -121,13 +137,13 @@ impl Decoder<'_> {
                 self.xid = xid;
                 self.commit_time = commit_time + POSTGRES_EPOCH;
             }
-            Message::Commit { end_lsn, .. } => self.batch.end = Some(end_lsn),
+            Message::Commit { end_lsn, .. } => return Ok(Some(end_lsn)),
             Message::Relation(relation) => {
                 self.relations.insert(relation.oid, relation);
             }
-            Message::Insert { relation, new } => self.row(relation, Op::Insert, &new)?,
-            Message::Update { relation, new, .. } => self.row(relation, Op::Update, &new)?,
-            Message::Delete { relation, old } => self.row(relation, Op::Delete, &old)?,
+            Message::Insert { relation, new } => self.row(relation, Op::Insert, &new, out)?,
+            Message::Update { relation, new, .. } => self.row(relation, Op::Update, &new, out)?,
+            Message::Delete { relation, old } => self.row(relation, Op::Delete, &old, out)?,
             Message::Truncate { .. } => bail!(
                 "a TRUNCATE of events or rules is in the change stream: it has no row changes \
                  to write; drop the slot (--drop-slot), create it again (--create-slot) and \
@@ -135,10 +151,10 @@ impl Decoder<'_> {
             ),
             Message::Other(_) => {}
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn row(&mut self, oid: u32, op: Op, values: &[Datum]) -> Result<()> {
+    fn row(&mut self, oid: u32, op: Op, values: &[Datum], out: &mut dyn Changes) -> Result<()> {
         let relation = self.relations.get(&oid).with_context(|| {
             format!("pgoutput: a change of relation {oid} before its description")
         })?;
@@ -159,7 +175,7 @@ impl Decoder<'_> {
                         Origin::Feed => Value::Null,
                     });
                 }
-                self.out.push(&change)?;
+                out.push(&change)?;
             }
             "rules" if op != Op::Delete => {
                 let id: i64 = row
@@ -171,7 +187,7 @@ impl Decoder<'_> {
                     .filter_map(|name| Some((name, row.text(name)?.clone())))
                     .collect();
                 if op == Op::Update {
-                    self.renamed(id, &rule)?;
+                    self.renamed(id, &rule, out)?;
                 }
                 self.rules.insert(id, rule);
             }
@@ -191,9 +207,9 @@ impl Decoder<'_> {
     }
 
     /// Every current event of rule `id`, updated with the rule's new values.
-    fn renamed(&mut self, id: i64, rule: &Rule) -> Result<()> {
+    fn renamed(&mut self, id: i64, rule: &Rule, out: &mut dyn Changes) -> Result<()> {
         let sql = query::events_of_rule(id);
-        let (lsn_prefix, out) = (self.prefix(Op::Update), &mut *self.out);
+        let lsn_prefix = self.prefix(Op::Update);
         self.lookups.for_each_batch(&sql, |batch| {
             for row in 0..batch.num_rows() {
                 let mut change = lsn_prefix.clone();

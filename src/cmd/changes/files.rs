@@ -15,10 +15,11 @@ use arrow::array::{
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use super::decode::Changes;
 use super::pgoutput::Lsn;
 use crate::model::{self, Kind};
 use crate::sink::format::{Encoding, Format};
-use crate::sink::{self, Sink, Staged, Target};
+use crate::sink::{self, object, Sink, Staged, Target};
 
 /// What happened to an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,19 +58,40 @@ pub fn path(folder: &Path, from: Lsn, to: Lsn, format: &Format) -> PathBuf {
     ))
 }
 
-/// Removes the files (and partial files) of a run that wrote changes from `from` but was
-/// interrupted before confirming them: the slot is still at `from`, so the file written next
-/// holds those changes again (and maybe more, under another name). The caller holds the slot's
-/// lock, so no other run is writing them.
-pub fn remove_unconfirmed(folder: &Path, from: Lsn) -> Result<()> {
-    let prefix = format!("changes_{:016X}_", from.0);
-    let Ok(entries) = std::fs::read_dir(folder) else {
+/// `.name` for a file `name`.
+fn hidden(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}"))
+}
+
+/// Removes the files (and partial files) of runs that wrote changes from `from` on but were
+/// interrupted before the server had their confirmation: the slot is still at `from`, so the
+/// files written next hold those changes again (maybe cut into other batches, under other
+/// names). Confirmations go out asynchronously, so that can be several files: every file whose
+/// range starts at or after `from` goes. The caller holds the slot's lock, so no other run is
+/// writing them.
+pub fn remove_unconfirmed(folder: &Target, from: Lsn) -> Result<()> {
+    let unconfirmed = |name: &str| {
+        let name = name.strip_prefix('.').unwrap_or(name);
+        name.strip_prefix("changes_")
+            .and_then(|rest| rest.get(..16))
+            .and_then(|start| u64::from_str_radix(start, 16).ok())
+            .is_some_and(|start| start >= from.0)
+    };
+    if let Some(bucket) = &folder.remote {
+        for key in bucket.list(&folder.key())? {
+            if unconfirmed(key.rsplit('/').next().unwrap_or_default()) {
+                bucket.delete(&key)?;
+            }
+        }
+        object::recover(bucket, &folder.shown())?;
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(&folder.path) else {
         return Ok(());
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.strip_prefix('.').unwrap_or(&name).starts_with(&prefix) {
+        if unconfirmed(&entry.file_name().to_string_lossy()) {
             let path = entry.path();
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
@@ -87,7 +109,7 @@ pub struct ChangeFiles {
     sinks: Vec<(Box<dyn Sink>, &'static Format)>,
     schema: SchemaRef,
     builders: Vec<Builder>,
-    folder: PathBuf,
+    folder: Target,
     from: Lsn,
     rows: u64,
 }
@@ -95,7 +117,7 @@ pub struct ChangeFiles {
 impl ChangeFiles {
     /// Starts the files of the changes from `from`, one per format.
     pub fn create(
-        folder: &Path,
+        folder: &Target,
         from: Lsn,
         formats: &[&'static Format],
         encoding: &Encoding,
@@ -106,10 +128,14 @@ impl ChangeFiles {
             .iter()
             .map(|format| {
                 // A provisional name: the temporary file starts with `.changes_<from>_`, which
-                // `remove_unconfirmed` knows.
-                let provisional = path(folder, from, Lsn(0), format);
-                let target =
-                    Target::resolve(Some(&provisional), "", Path::new("/"))?.with_mode(mode);
+                // `remove_unconfirmed` knows. In object storage, where the upload's key is
+                // fixed, it is that hidden name, copied to the final one at the end.
+                let provisional = path(&folder.path, from, Lsn(0), format);
+                let target = match &folder.remote {
+                    Some(_) => folder.at(hidden(&provisional)),
+                    None => Target::resolve(Some(&provisional), "", Path::new("/"))?,
+                }
+                .with_mode(mode);
                 Ok((format.open(&target, schema.clone(), encoding)?, *format))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -117,26 +143,10 @@ impl ChangeFiles {
             sinks,
             builders: builders(),
             schema,
-            folder: folder.to_owned(),
+            folder: folder.clone(),
             from,
             rows: 0,
         })
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
-    /// Adds one change: a value for each change column, in order.
-    pub fn push(&mut self, row: &[Value]) -> Result<()> {
-        for (builder, value) in self.builders.iter_mut().zip(row) {
-            builder.append(value)?;
-        }
-        self.rows += 1;
-        if self.builders[0].len() == BATCH {
-            self.flush()?;
-        }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -162,16 +172,33 @@ impl ChangeFiles {
         let mut files = Vec::with_capacity(self.sinks.len());
         let mut paths = Vec::with_capacity(self.sinks.len());
         for (sink, format) in self.sinks {
-            let path = path(&self.folder, self.from, to, format);
+            let path = path(&self.folder.path, self.from, to, format);
             let Staged::File(mut file) = sink.close()? else {
                 anyhow::bail!("a change file is a file");
             };
             file.retarget(&path);
             files.push(Staged::File(file));
-            paths.push(path);
+            paths.push(self.folder.at(path).shown().into());
         }
         sink::commit_all(files)?;
         Ok(paths)
+    }
+}
+
+impl Changes for ChangeFiles {
+    fn push(&mut self, row: &[Value]) -> Result<()> {
+        for (builder, value) in self.builders.iter_mut().zip(row) {
+            builder.append(value)?;
+        }
+        self.rows += 1;
+        if self.builders[0].len() == BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows
     }
 }
 

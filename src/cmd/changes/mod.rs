@@ -2,45 +2,41 @@
 //! `rules`, which change the `rule` column of past events), in commit order, from a logical
 //! replication slot, without Kafka or a JVM.
 //!
-//! Built on what PostgreSQL has: the `pgoutput` plugin with a publication of the two tables,
-//! read with `pg_logical_slot_peek_binary_changes` through DuckDB's `postgres_query`. Each batch
-//! of whole transactions becomes one file named by its LSN range ([`files`]); only once the file
-//! is durable does `pg_replication_slot_advance` confirm it. A crash before that re-reads the
-//! same changes and rewrites the same file: at-least-once from PostgreSQL, exactly once in the
-//! files.
+//! Built on what PostgreSQL has: the `pgoutput` plugin with a publication of the two tables. The
+//! slot is read over the streaming replication protocol ([`stream`], [`follow`]); `--via sql`
+//! keeps the older path, `pg_logical_slot_peek_binary_changes` through DuckDB. Each batch of
+//! whole transactions is delivered ([`deliver`]: a file named by its LSN range, or messages
+//! acknowledged by NATS JetStream), and only then is its end confirmed. A crash before that
+//! re-reads the same changes: at-least-once from PostgreSQL, exactly once in the files and the
+//! stream. `--create-slot --initial-export PATH` creates the slot with an exported snapshot and
+//! takes the initial export inside it, so export plus feed is the table with no overlap.
 
 mod decode;
+mod deliver;
 mod files;
+mod follow;
+mod nats;
 pub mod pgoutput;
 mod slot;
+mod stream;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use crate::cancel::{self, Mode};
-use crate::cli::ChangesArgs;
+use crate::cli::{ChangesArgs, ExportArgs, OutputArgs, Via};
 use crate::context::Context;
 use crate::fault;
 use crate::lock::RunLock;
-use crate::sink::target::DEFAULT_MODE;
 use crate::source::engine::{Access, Engine};
+use deliver::Destination;
 use slot::Feed;
-
-/// Where change files go without `--output`.
-const DEFAULT_FOLDER: &str = "exports/changes";
 
 /// `export-events changes`.
 pub fn run(ctx: &Context, args: &ChangesArgs) -> Result<()> {
     slot::check_slot_name(&args.slot)?;
     let pg = ctx.postgres()?;
-    let folder = ctx.cwd.join(
-        args.output
-            .output
-            .as_deref()
-            .unwrap_or(Path::new(DEFAULT_FOLDER)),
-    );
     let engine = Engine::postgres(&pg, Access::ReadWrite)?.single_threaded()?;
     let feed = Feed {
         engine: &engine,
@@ -48,7 +44,7 @@ pub fn run(ctx: &Context, args: &ChangesArgs) -> Result<()> {
         slot: &args.slot,
     };
     if args.create_slot {
-        return feed.create(&folder);
+        return create(ctx, &feed, args);
     }
     feed.require_slot()?;
     if args.drop_slot {
@@ -57,28 +53,135 @@ pub fn run(ctx: &Context, args: &ChangesArgs) -> Result<()> {
     if args.status {
         return feed.status();
     }
-    // With --follow a signal means "finish the file you are on, then stop"; otherwise the run
-    // stops at once and its unfinished file is removed.
+    // With --follow a signal means "finish the batch you are on, then stop"; otherwise the run
+    // stops at once and its unfinished batch is dropped.
     cancel::install(if args.follow {
         Mode::Finish
     } else {
         Mode::Cancel
     })?;
+    let dest = Destination::open(ctx, args)?;
     // One run per slot: another one could confirm and then see its file removed as unconfirmed.
     let _lock = RunLock::acquire(
-        &folder.join(format!(".{}.lock", args.slot)),
+        &dest.lock_path(&args.slot),
         &format!("slot {}", args.slot),
         ctx.wait,
     )?;
+    let total = match args.via {
+        Via::Stream => follow::run(&feed, &dest, args, ctx.quiet)?,
+        Via::Sql => by_sql(&feed, &dest, args, ctx.quiet)?,
+    };
+    println!("Wrote {total} changes to {}", dest.shown(args));
+    Ok(())
+}
+
+/// `--create-slot`: the publication, then the slot. With a replication connection the slot is
+/// created with an exported snapshot and `--initial-export` is taken inside it (exact: no
+/// change is both in the export and in the feed); where that connection is refused, the slot is
+/// created through SQL and the export follows it (changes made meanwhile are in both, and replay
+/// the same).
+fn create(ctx: &Context, feed: &Feed, args: &ChangesArgs) -> Result<()> {
+    feed.ensure_publication()?;
+    let folder = Destination::folder(ctx, args)?;
+    let export = |snapshot: Option<&str>| -> Result<Option<String>> {
+        let Some(path) = &args.initial_export else {
+            return Ok(None);
+        };
+        let export = initial_export_args(path, &args.output);
+        let done = crate::cmd::export::run_in(ctx, &export, snapshot)?;
+        Ok(Some(done.success_line()))
+    };
+    match stream::create_with_snapshot(feed.pg, feed.slot) {
+        Ok(created) => {
+            let line = export(Some(&created.snapshot))?;
+            let lsn = created.lsn;
+            drop(created);
+            feed.record(&folder, lsn, "taken in the slot's exported snapshot")?;
+            println!(
+                "Created slot {} at LSN {lsn} with an exported snapshot (replication protocol)",
+                feed.slot
+            );
+            match line {
+                Some(line) => println!(
+                    "{line}, taken in the slot's snapshot: the feed holds exactly the changes \
+                     after it"
+                ),
+                None => println!(
+                    "No --initial-export: take one now; changes from the slot's start may be \
+                     in both, and replay the same"
+                ),
+            }
+        }
+        Err(e) if crate::error::one_line(&e).contains("already exists") => {
+            anyhow::bail!(
+                "slot {} already exists on this server: read it, or drop it first (--drop-slot)",
+                feed.slot
+            )
+        }
+        Err(e) => {
+            if !ctx.quiet {
+                eprintln!(
+                    "export-events: no replication connection ({}); creating the slot through \
+                     SQL instead, without a snapshot",
+                    crate::error::one_line(&e)
+                );
+            }
+            let lsn = feed.create_by_sql()?;
+            feed.record(
+                &folder,
+                lsn,
+                "taken after the slot; replay the change files on it",
+            )?;
+            println!(
+                "Created slot {} at LSN {lsn} (SQL): take the initial export now; replaying the \
+                 change files on it gives the table (changes from {lsn} on may be in both, and \
+                 replay the same)",
+                feed.slot
+            );
+            if let Some(line) = export(None)? {
+                println!("{line}, taken after the slot (overlap replays the same)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The export `--initial-export PATH` takes: the change files' formats and encoding.
+fn initial_export_args(path: &std::path::Path, output: &OutputArgs) -> ExportArgs {
+    ExportArgs {
+        since: None,
+        output: OutputArgs {
+            output: Some(path.to_owned()),
+            format: output.format.clone(),
+            compression: output.compression,
+            mode: output.mode,
+        },
+        duckdb: None,
+        demo: false,
+        jobs: None,
+        partition_by: None,
+        max_rows_per_file: 1_000_000,
+        keep: None,
+        keep_for: None,
+        incremental: false,
+        state: None,
+        write_empty: false,
+        reset_state: false,
+    }
+}
+
+/// `--via sql`: reads everything available through SQL, a batch per call; with `--follow`, again
+/// every `--flush-interval`.
+fn by_sql(feed: &Feed, dest: &Destination, args: &ChangesArgs, quiet: bool) -> Result<u64> {
     let mut total = 0;
     loop {
         let started = Instant::now();
         // Read before draining: a stop that comes during a drain gets one more, which holds
         // everything committed before the signal.
         let stopping = cancel::requested();
-        total += drain(&feed, &folder, args, ctx.quiet)?;
+        total += drain(feed, dest, args, quiet)?;
         if !args.follow || stopping {
-            break;
+            return Ok(total);
         }
         while started.elapsed() < Duration::from_secs(args.flush_interval) {
             if cancel::requested() {
@@ -87,46 +190,35 @@ pub fn run(ctx: &Context, args: &ChangesArgs) -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    println!("Wrote {total} changes to {}", folder.display());
-    Ok(())
 }
 
-/// Reads everything available, a file per batch; returns the number of changes written.
-fn drain(feed: &Feed, folder: &Path, args: &ChangesArgs, quiet: bool) -> Result<u64> {
-    let encoding = Context::encoding(&args.output, None)?;
+/// Reads everything available, a batch at a time; returns the number of changes delivered.
+fn drain(feed: &Feed, dest: &Destination, args: &ChangesArgs, quiet: bool) -> Result<u64> {
     let mut total = 0;
     loop {
         let from = feed.confirmed()?;
-        files::remove_unconfirmed(folder, from)?;
-        let mut file = files::ChangeFiles::create(
-            folder,
-            from,
-            &args.output.format.0,
-            &encoding,
-            args.output.mode.unwrap_or(DEFAULT_MODE),
-        )?;
-        let batch = decode::read(feed, &mut file, args.max_changes)?;
-        let Some(to) = batch.end else {
+        dest.prepare(from)?;
+        let mut batch = dest.start(from)?;
+        let read = decode::read(feed, &mut batch, args.max_changes)?;
+        let Some(to) = read.end else {
             return Ok(total);
         };
         cancel::check()?;
-        let rows = file.rows();
-        let written = file.finish(to)?;
+        let rows = decode::Changes::rows(&batch);
+        let place = batch.finish(to)?;
         fault::point("changes.written");
-        // Only now that the file is durable: from here on PostgreSQL may forget them.
+        // Only now that the batch is delivered: from here on PostgreSQL may forget it.
         feed.query_one::<String>(&format!(
             "SELECT pg_replication_slot_advance('{}', '{to}')::text",
             feed.slot
         ))?;
         fault::point("changes.confirmed");
+        feed.record_confirmed(to);
         total += rows;
-        if let (Some(path), false) = (written.first(), quiet) {
-            eprintln!(
-                "export-events: {rows} changes ({from} to {to}) in {}",
-                path.display()
-            );
+        if rows > 0 && !quiet {
+            eprintln!("export-events: {rows} changes ({from} to {to}) in {place}");
         }
-        if !batch.full {
+        if !read.full {
             return Ok(total);
         }
     }

@@ -2,12 +2,11 @@
 //! it exists, drop it, show its lag, read its confirmed position; PostgreSQL's errors turned into
 //! what to change (a setting, a privilege, a missing slot).
 
-use std::path::Path;
-
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::pgoutput::Lsn;
 use crate::error::UsageError;
+use crate::sink::target::{key_of, Target};
 use crate::source::engine::{literal, Engine, CATALOG};
 use crate::source::query::in_postgres;
 use crate::source::settings::PgConnection;
@@ -39,9 +38,8 @@ pub struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    /// The publication of both tables, then the slot; prints its LSN and records it in
-    /// `<folder>/<slot>.slot.json`.
-    pub fn create(&self, folder: &Path) -> Result<()> {
+    /// The publication of both tables, named after the slot, unless it exists.
+    pub fn ensure_publication(&self) -> Result<()> {
         let exists = self.query_one::<i64>(&format!(
             "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
             self.slot
@@ -52,29 +50,83 @@ impl Feed<'_> {
                 self.slot
             ))?;
         }
-        let lsn = self.query_one::<String>(&format!(
+        Ok(())
+    }
+
+    /// The slot, created through SQL (no snapshot to take an initial export in); its LSN.
+    pub fn create_by_sql(&self) -> Result<Lsn> {
+        self.query_one::<String>(&format!(
             "SELECT lsn::text FROM pg_create_logical_replication_slot('{}', 'pgoutput')",
             self.slot
-        ))?;
-        std::fs::create_dir_all(folder)
-            .with_context(|| format!("creating folder {}", folder.display()))?;
-        let record = folder.join(format!("{}.slot.json", self.slot));
+        ))?
+        .parse()
+    }
+
+    /// Records the slot in `<folder>/<slot>.slot.json`: where it starts and how the initial
+    /// export relates to it.
+    pub fn record(&self, folder: &Target, lsn: Lsn, initial: &str) -> Result<()> {
+        let record = folder.path.join(format!("{}.slot.json", self.slot));
         let text = serde_json::json!({
             "slot": self.slot,
             "publication": self.slot,
-            "created_at_lsn": lsn,
+            "created_at_lsn": lsn.to_string(),
             "created_at": chrono::Utc::now().to_rfc3339(),
-            "initial_export": "take it after this LSN; replay the change files on it",
+            "initial_export": initial,
         });
-        std::fs::write(&record, format!("{text:#}\n"))
-            .with_context(|| format!("writing {}", record.display()))?;
-        println!(
-            "Created slot {} at LSN {lsn}: take the initial export now; replaying the change \
-             files on it gives the table (changes from {lsn} on may be in both, and replay the \
-             same)",
-            self.slot
-        );
+        let text = format!("{text:#}\n").into_bytes();
+        match &folder.remote {
+            Some(bucket) => bucket.put(&key_of(&record), text)?,
+            None => {
+                std::fs::create_dir_all(&folder.path)
+                    .with_context(|| format!("creating folder {}", folder.path.display()))?;
+                std::fs::write(&record, text)
+                    .with_context(|| format!("writing {}", record.display()))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The server's WAL position now.
+    pub fn current_wal(&self) -> Result<Lsn> {
+        self.query_one::<String>("SELECT pg_current_wal_lsn()::text")?
+            .parse()
+    }
+
+    /// Waits until the server has `lsn` as the slot's confirmed position (the standby status
+    /// update is asynchronous), at most `limit`.
+    pub fn wait_confirmed(&self, lsn: Lsn, limit: std::time::Duration) -> Result<()> {
+        let started = std::time::Instant::now();
+        while self.confirmed()? < lsn {
+            if started.elapsed() > limit {
+                bail!(
+                    "the server did not take the confirmation of {lsn} for slot {} within {} s",
+                    self.slot,
+                    limit.as_secs()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Notes locally when `lsn` was confirmed, for `--status` (the server keeps no time).
+    pub fn record_confirmed(&self, lsn: Lsn) {
+        let note = serde_json::json!({
+            "confirmed": lsn.to_string(),
+            "at": chrono::Utc::now().to_rfc3339(),
+        });
+        let path = self.note_path();
+        if let Some(folder) = path.parent() {
+            let _ = std::fs::create_dir_all(folder);
+        }
+        let _ = std::fs::write(path, note.to_string());
+    }
+
+    fn note_path(&self) -> std::path::PathBuf {
+        crate::sink::object::local_name(
+            &format!("slot {} {}", self.slot, self.pg.redact(self.pg.conninfo())),
+            "confirmed",
+        )
     }
 
     pub fn require_slot(&self) -> Result<()> {
@@ -116,9 +168,21 @@ impl Feed<'_> {
             bail!("unexpected slot status {row:?}");
         };
         let retained: i64 = retained.parse()?;
+        let current = self.current_wal()?;
+        let since = std::fs::read_to_string(self.note_path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v["at"].as_str()?).ok())
+            .map_or_else(
+                || "no confirmation from this machine yet".to_owned(),
+                |at| {
+                    let ago = chrono::Utc::now().signed_duration_since(at);
+                    format!("last confirmed {} s ago", ago.num_seconds())
+                },
+            );
         println!(
-            "slot {}: active {active}, confirmed up to {confirmed}, {lag} bytes of changes \
-             not yet read, {retained} bytes of WAL retained",
+            "slot {}: active {active}, confirmed up to {confirmed}, server WAL at {current}, \
+             {lag} bytes of changes not yet read, {retained} bytes of WAL retained, {since}",
             self.slot
         );
         if retained > WAL_WARNING_BYTES {

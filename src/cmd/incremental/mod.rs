@@ -37,7 +37,7 @@ use crate::retention::TIME;
 use crate::sink::format::Encoding;
 use crate::sink::format::Format;
 use crate::sink::manifest::{self, Manifest};
-use crate::sink::{self, Target};
+use crate::sink::{self, object, Target};
 use crate::source::engine::Engine;
 use crate::source::identity;
 use crate::source::plan::Plan;
@@ -81,6 +81,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
         )));
     }
     cancel::install(Mode::Cancel)?;
+    pipeline::check_remote(&targets)?;
 
     let engine = crate::source::open(&source)?.engine;
     // DuckDB's transaction is a REPEATABLE READ one in PostgreSQL: one snapshot for all below.
@@ -96,11 +97,13 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     };
     let window = snapshot.window(horizon, since, ctx.quiet, pg.origin)?;
     // Named before they exist, so that a run interrupted from here on is undone by the next.
+    let first = &targets[0].0;
     state.pending = targets
         .iter()
-        .map(|(t, _)| t.path.clone())
-        .chain(std::iter::once(manifest::path_of(&targets[0].0.path)))
-        .map(|p| p.display().to_string())
+        .map(|(t, _)| t.shown())
+        .chain(std::iter::once(
+            first.at(manifest::path_of(&first.path)).shown(),
+        ))
         .collect();
     state::save(&state_target, &state)?;
     fault::point("incremental.pending-saved");
@@ -160,17 +163,26 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
 /// Removes what an interrupted run may have written, finished or not: its rows are exported
 /// again. The lock is held, so no other run is writing these files.
 fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
-    for path in pending.iter().map(Path::new) {
-        sink::recover(path)?;
-    }
-    for path in pending.iter().map(Path::new).filter(|p| p.exists()) {
+    let say = |what: &str| {
         if !quiet {
             eprintln!(
-                "export-events: removing {}, written by an interrupted run (this run exports its \
-                 events again)",
-                path.display()
+                "export-events: removing {what}, written by an interrupted run (this run exports \
+                 its events again)"
             );
         }
+    };
+    let (remote, local): (Vec<&String>, Vec<&String>) =
+        pending.iter().partition(|p| object::parse(p).is_some());
+    for url in remote {
+        if object::remove_url(url)? {
+            say(url);
+        }
+    }
+    for path in local.iter().map(Path::new) {
+        sink::recover(path)?;
+    }
+    for path in local.iter().map(Path::new).filter(|p| p.exists()) {
+        say(&path.display().to_string());
         let removed = if path.is_dir() {
             std::fs::remove_dir_all(path)
         } else {
@@ -210,11 +222,18 @@ fn targets(
         encoding,
         args.partition_by.is_some(),
     )?;
-    if let Some((taken, _)) = targets.iter().find(|(t, _)| t.path.exists()) {
-        bail!(UsageError(format!(
-            "{} already exists: each incremental run writes a new file; did the clock go back?",
-            taken.path.display()
-        )));
+    for (target, _) in &targets {
+        let taken = match &target.remote {
+            Some(bucket) => bucket.exists(&target.key())?,
+            None => target.path.exists(),
+        };
+        if taken {
+            bail!(UsageError(format!(
+                "{} already exists: each incremental run writes a new file; did the clock go \
+                 back?",
+                target.shown()
+            )));
+        }
     }
     Ok(targets)
 }

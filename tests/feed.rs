@@ -1,0 +1,347 @@
+//! The change feed over the replication protocol: an initial export taken in the slot's exported
+//! snapshot (exact while writers run: nothing in both), delivery to NATS JetStream (a consumer
+//! reading the stream from the start and applying it to the initial export gets the table, also
+//! after kills between publishing and confirming, with no message twice), and a quiet `events`
+//! table that does not pin WAL while another table is written.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::feed::*;
+use common::*;
+
+/// `changes --create-slot --initial-export <name>`; the slot is dropped with the returned guard.
+fn create_with_initial<'a>(db: &'a TestDb, dir: &Path, name: &str) -> (Slot<'a>, Run) {
+    let slot = Slot {
+        db,
+        name: db.name.to_lowercase(),
+    };
+    let run = Run::of(&mut slot.changes(dir, &["--create-slot", "--initial-export", name]));
+    (slot, run)
+}
+
+/// An event as a comparable tuple, from the export's CSV row.
+fn from_csv(row: &[String]) -> Vec<String> {
+    let stamp = chrono::DateTime::parse_from_str(&row[1], "%Y-%m-%d %H:%M:%S%.f%:z")
+        .map(|t| t.timestamp_micros().to_string())
+        .unwrap_or_else(|_| row[1].clone());
+    let ack = (row[3] == "True").to_string();
+    vec![
+        row[0].clone(),
+        stamp,
+        row[2].clone(),
+        ack,
+        row[4].clone(),
+        row[5].clone(),
+    ]
+}
+
+/// The same from a JetStream message's JSON.
+fn from_json(v: &serde_json::Value) -> Vec<String> {
+    let text = |key: &str| match &v[key] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let stamp = chrono::DateTime::parse_from_rfc3339(&text("timestamp"))
+        .map(|t| t.timestamp_micros().to_string())
+        .unwrap_or_else(|_| text("timestamp"));
+    vec![
+        text("id"),
+        stamp,
+        text("rule"),
+        text("acknowledged"),
+        text("trigger_telemetry_id"),
+        text("trigger_device_id"),
+    ]
+}
+
+/// A JetStream stream of one test, deleted at the end.
+struct Subject {
+    url: String,
+    subject: String,
+    stream: String,
+}
+
+impl Subject {
+    fn new(label: &str) -> Self {
+        let id = format!("{label}_{}", std::process::id());
+        Self {
+            url: setting("EXPORT_EVENTS_TEST_NATS"),
+            subject: format!("ee.test.{id}"),
+            stream: format!("EE_TEST_{}", id.to_uppercase()),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            "--to",
+            &self.url,
+            "--subject",
+            &self.subject,
+            "--create-stream",
+            "--stream",
+            &self.stream,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Every message of the stream, in order: (Nats-Msg-Id, JSON).
+    fn messages(&self) -> Vec<(String, serde_json::Value)> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let js = jetstream::new(async_nats::connect(&self.url).await.unwrap());
+            let mut stream = js.get_stream(&self.stream).await.unwrap();
+            let last = stream.info().await.unwrap().state.last_sequence;
+            let mut out = Vec::new();
+            for seq in 1..=last {
+                let m = stream.get_raw_message(seq).await.unwrap();
+                let id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
+                out.push((id, serde_json::from_slice(&m.payload).unwrap()));
+            }
+            out
+        })
+    }
+}
+
+impl Drop for Subject {
+    fn drop(&mut self) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            if let Ok(client) = async_nats::connect(&self.url).await {
+                let _ = jetstream::new(client).delete_stream(&self.stream).await;
+            }
+        });
+    }
+}
+
+/// The table, normalised, by id.
+fn normal(rows: &BTreeMap<i64, Vec<String>>) -> BTreeMap<i64, Vec<String>> {
+    rows.iter().map(|(id, row)| (*id, from_csv(row))).collect()
+}
+
+/// Applies the stream's messages to `rows` (normalised); returns their ids.
+fn apply_stream(messages: &[(String, serde_json::Value)], rows: &mut BTreeMap<i64, Vec<String>>) {
+    for (_, change) in messages {
+        let event = from_json(change);
+        let id: i64 = event[0].parse().unwrap();
+        apply(rows, change["op"].as_str().unwrap(), id, event);
+    }
+}
+
+#[test]
+fn a_consumer_of_the_jetstream_stream_rebuilds_the_table_from_the_initial_export() {
+    let db = TestDb::sample("feed_nats");
+    let dir = scratch();
+    let (slot, run) = create_with_initial(&db, dir.path(), "initial.csv");
+    let run = run.success();
+    assert!(run.stdout.contains("exported snapshot"), "{run}");
+    let initial = table_of(dir.path(), "initial.csv");
+    for sql in WRITES {
+        db.sql(sql);
+    }
+    let nats = Subject::new("replay");
+    let mut cmd = slot.changes(dir.path(), &["--max-changes", "1000", "-q"]);
+    let run = Run::of(cmd.args(nats.args())).success();
+    assert!(run.stdout.starts_with("Wrote "), "{run}");
+    let messages = nats.messages();
+    let ids: BTreeSet<&String> = messages.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), messages.len(), "every message id once");
+    let mut rows = normal(&initial);
+    apply_stream(&messages, &mut rows);
+    assert!(
+        rows == normal(&table(dir.path(), &db, "final.csv")),
+        "stream replayed on the initial export gives the table"
+    );
+    // Nothing new: no message, and the run ends at once.
+    Run::of(slot.changes(dir.path(), &["-q"]).args(nats.args())).success();
+    assert_eq!(nats.messages().len(), messages.len());
+}
+
+/// The CSV at `dir/name`, by id.
+fn table_of(dir: &Path, name: &str) -> BTreeMap<i64, Vec<String>> {
+    let mut reader = csv::Reader::from_path(dir.join(name)).unwrap();
+    reader
+        .records()
+        .map(|r| {
+            let row: Vec<String> = r.unwrap().iter().map(str::to_owned).collect();
+            (row[0].parse().unwrap(), row)
+        })
+        .collect()
+}
+
+#[test]
+fn kills_between_publishing_and_confirming_put_no_change_twice_in_the_stream() {
+    let db = TestDb::sample("feed_nats_kill");
+    let dir = scratch();
+    let (slot, run) = create_with_initial(&db, dir.path(), "initial.csv");
+    run.success();
+    let initial = table_of(dir.path(), "initial.csv");
+    for sql in WRITES {
+        db.sql(sql);
+    }
+    let nats = Subject::new("kill");
+    for (i, point) in ["changes.written", "changes.confirmed", "stream.batch"]
+        .iter()
+        .cycle()
+        .take(9)
+        .enumerate()
+    {
+        let mut cmd = slot.changes(dir.path(), &["--max-changes", "700", "-q"]);
+        let child = spawn_stopped_at(cmd.args(nats.args()), point);
+        signal(child.id(), "KILL");
+        assert_eq!(finish(child).code, None, "killed at {point}");
+        if i % 3 == 0 {
+            db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 13 = 0");
+        }
+    }
+    Run::of(slot.changes(dir.path(), &["-q"]).args(nats.args())).success();
+    let messages = nats.messages();
+    let ids: BTreeSet<&String> = messages.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), messages.len(), "no change twice in the stream");
+    let mut rows = normal(&initial);
+    apply_stream(&messages, &mut rows);
+    assert!(rows == normal(&table(dir.path(), &db, "final.csv")));
+}
+
+#[test]
+fn the_initial_export_in_the_slots_snapshot_overlaps_nothing_while_writers_run() {
+    let db = TestDb::sample("feed_snapshot");
+    let dir = scratch();
+    db.sql(
+        "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+         SELECT now() - i * interval '1 second', now(), 1 + i % 10, false \
+         FROM generate_series(1, 20000) AS i",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, url) = (stop.clone(), db.url());
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let out = std::process::Command::new("psql")
+                    .args(["-X", "-q", "-d", &url, "-c"])
+                    .arg(
+                        "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+                         SELECT now(), now(), 1 + i % 10, false FROM generate_series(1, 20) i; \
+                         UPDATE events SET acknowledged = NOT acknowledged \
+                         WHERE id IN (SELECT id FROM events ORDER BY random() LIMIT 5)",
+                    )
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (slot, run) = create_with_initial(&db, dir.path(), "initial.csv");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    assert!(writer.join().unwrap() > 2, "writers ran throughout");
+    assert!(run
+        .success()
+        .stdout
+        .contains("taken in the slot's snapshot"));
+    let mut rows = table_of(dir.path(), "initial.csv");
+    let exported: BTreeSet<i64> = rows.keys().copied().collect();
+    Run::of(&mut slot.changes(dir.path(), &["-q"])).success();
+    let seen = replay(&dir.path().join("exports/changes"), &mut rows);
+    let overlap: Vec<i64> = seen
+        .iter()
+        .filter(|(_, op, id)| op == "insert" && exported.contains(id))
+        .map(|s| s.2)
+        .collect();
+    assert!(
+        overlap.is_empty(),
+        "inserted rows also in the export: {overlap:?}"
+    );
+    assert!(
+        seen.iter().any(|(_, op, _)| op == "insert"),
+        "writers came after the slot"
+    );
+    assert!(
+        rows == table(dir.path(), &db, "final.csv"),
+        "export + feed = table"
+    );
+}
+
+#[test]
+fn a_quiet_events_table_does_not_pin_wal_while_another_table_is_written() {
+    let db = TestDb::sample("feed_quiet");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    db.sql("CREATE TABLE other (id bigserial, payload text)");
+    let retained = || -> i64 {
+        db.value(&format!(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots \
+             WHERE slot_name = '{}'",
+            slot.name
+        ))
+        .parse()
+        .unwrap()
+    };
+    let start = db.value("SELECT pg_current_wal_lsn()::text");
+    for _ in 0..4 {
+        db.sql(
+            "INSERT INTO other (payload) SELECT repeat(md5(i::text), 32) \
+             FROM generate_series(1, 12000) i; CHECKPOINT",
+        );
+        Run::of(&mut slot.changes(dir.path(), &["-q"])).success();
+    }
+    // Two runs: the first confirms past the writes, the server then moves the slot's restart
+    // point at its next running-transactions record.
+    db.sql("CHECKPOINT");
+    Run::of(&mut slot.changes(dir.path(), &["-q"])).success();
+    let kept = retained();
+    let written: i64 = db
+        .value(&format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"
+        ))
+        .parse()
+        .unwrap();
+    assert!(
+        written > 32 << 20,
+        "the other table wrote {written} bytes of WAL"
+    );
+    assert!(
+        kept < written / 4,
+        "the slot keeps {kept} bytes of WAL after {written} bytes written elsewhere"
+    );
+    let status = Run::of(&mut slot.changes(dir.path(), &["--status"])).success();
+    assert!(status.stdout.contains("server WAL at"), "{status}");
+    assert!(status.stdout.contains("last confirmed"), "{status}");
+}
+
+#[test]
+fn follow_logs_a_line_per_batch_with_its_rate() {
+    let db = TestDb::sample("feed_follow");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    let child = slot
+        .changes(dir.path(), &["--follow", "--flush-interval", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    db.sql("UPDATE events SET acknowledged = NOT acknowledged");
+    std::thread::sleep(Duration::from_millis(1_500));
+    signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("changes ("))
+        .unwrap_or_default();
+    assert!(line.contains("changes/s"), "{stderr}");
+}
