@@ -579,5 +579,8 @@ fn a_server_gone_mid_upload_fails_clearly_and_leaves_no_object_nor_upload() {
     export(&server, dir.path(), &db, &["-o", &server.url(&key)]).success();
     assert!(server.uploads("gone/").is_empty());
     let bytes = server.get(&key).unwrap();
-    assert_eq!(csv::Reader::from_reader(&bytes[..]).records().count(), 100_000);
-}}
+    assert_eq!(
+        csv::Reader::from_reader(&bytes[..]).records().count(),
+        100_000
+    );
+}
