@@ -459,6 +459,8 @@ fn a_pair_killed_between_its_completions_has_no_manifest() {
 struct OwnServer {
     dir: String,
     env: Vec<(String, String)>,
+    /// The server started again by [`Self::restart`], reaped at the end.
+    restarted: std::cell::RefCell<Option<std::process::Child>>,
 }
 
 impl OwnServer {
@@ -484,7 +486,11 @@ impl OwnServer {
             .unwrap()
             .1
             .clone();
-        Self { dir, env }
+        Self {
+            dir,
+            env,
+            restarted: std::cell::RefCell::new(None),
+        }
     }
 
     fn get(&self, name: &str) -> String {
@@ -530,6 +536,7 @@ impl OwnServer {
             .spawn()
             .unwrap();
         std::fs::write(Path::new(&self.dir).join("pid"), child.id().to_string()).unwrap();
+        *self.restarted.borrow_mut() = Some(child);
         let server = self.server();
         for _ in 0..100 {
             if server.client(&["list", "x"]).status.success() {
@@ -543,6 +550,10 @@ impl OwnServer {
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
+        if let Some(mut child) = self.restarted.borrow_mut().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server"))
             .args(["stop", &self.dir])
             .status();

@@ -32,7 +32,7 @@ pub(super) enum Body {
     /// A temporary file beside the target, renamed over it.
     Local(NamedTempFile),
     /// A multipart upload, completed at the target's key.
-    Object(Upload),
+    Object(Box<Upload>),
 }
 
 /// What a finished file holds, for the manifest.
@@ -83,7 +83,7 @@ impl AtomicFile {
     pub fn create(target: &Target) -> Result<Self> {
         if let Some(bucket) = &target.remote {
             let upload = Upload::start(bucket, &target.key())?;
-            return Ok(Self::new(Body::Object(upload), target));
+            return Ok(Self::new(Body::Object(Box::new(upload)), target));
         }
         let folder = folder_of(target)?;
         let temp = beside(&target.path, |b| {

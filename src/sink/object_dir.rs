@@ -81,12 +81,10 @@ impl ObjectDir {
                     .into_iter()
                     .map(|f| s.spawn(move || f.put_in_place()))
                     .collect();
-                done.into_iter()
-                    .map(|d| {
-                        d.join()
-                            .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
-                    })
-                    .collect::<std::io::Result<()>>()
+                done.into_iter().try_for_each(|d| {
+                    d.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+                })
             })?;
         }
         let bucket = self

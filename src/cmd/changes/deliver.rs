@@ -26,19 +26,19 @@ pub enum Destination {
         encoding: Encoding,
         mode: u32,
     },
-    Nats(Nats),
+    Nats(Box<Nats>),
 }
 
 impl Destination {
     /// `--to nats://...` or the `--output` folder (checked, nothing written yet).
     pub fn open(ctx: &Context, args: &ChangesArgs) -> Result<Self> {
         if let Some(url) = &args.to {
-            return Ok(Self::Nats(Nats::connect(
+            return Ok(Self::Nats(Box::new(Nats::connect(
                 url,
                 &args.subject,
                 args.stream.as_deref(),
                 args.create_stream,
-            )?));
+            )?)));
         }
         Ok(Self::Files {
             folder: Self::folder(ctx, args)?,
