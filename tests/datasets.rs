@@ -20,24 +20,6 @@ fn export(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
     )
 }
 
-/// Files under `root`, recursively, relative, sorted.
-fn tree(root: &Path) -> Vec<String> {
-    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, root, out);
-            } else {
-                out.push(path.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
-
 fn duckdb_count(sql: &str) -> i64 {
     let conn = duckdb::Connection::open_in_memory().unwrap();
     conn.query_row(sql, [], |row| row.get(0)).unwrap()

@@ -143,7 +143,7 @@ fn a_consumer_of_the_jetstream_stream_rebuilds_the_table_from_the_initial_export
     let (slot, run) = create_with_initial(&db, dir.path(), "initial.csv");
     let run = run.success();
     assert!(run.stdout.contains("exported snapshot"), "{run}");
-    let initial = table_of(dir.path(), "initial.csv");
+    let initial = table_of(&dir.path().join("initial.csv"));
     for sql in WRITES {
         db.sql(sql);
     }
@@ -165,25 +165,13 @@ fn a_consumer_of_the_jetstream_stream_rebuilds_the_table_from_the_initial_export
     assert_eq!(nats.messages().len(), messages.len());
 }
 
-/// The CSV at `dir/name`, by id.
-fn table_of(dir: &Path, name: &str) -> BTreeMap<i64, Vec<String>> {
-    let mut reader = csv::Reader::from_path(dir.join(name)).unwrap();
-    reader
-        .records()
-        .map(|r| {
-            let row: Vec<String> = r.unwrap().iter().map(str::to_owned).collect();
-            (row[0].parse().unwrap(), row)
-        })
-        .collect()
-}
-
 #[test]
 fn kills_between_publishing_and_confirming_put_no_change_twice_in_the_stream() {
     let db = TestDb::sample("feed_nats_kill");
     let dir = scratch();
     let (slot, run) = create_with_initial(&db, dir.path(), "initial.csv");
     run.success();
-    let initial = table_of(dir.path(), "initial.csv");
+    let initial = table_of(&dir.path().join("initial.csv"));
     for sql in WRITES {
         db.sql(sql);
     }
@@ -251,7 +239,7 @@ fn the_initial_export_in_the_slots_snapshot_overlaps_nothing_while_writers_run()
         .success()
         .stdout
         .contains("taken in the slot's snapshot"));
-    let mut rows = table_of(dir.path(), "initial.csv");
+    let mut rows = table_of(&dir.path().join("initial.csv"));
     let exported: BTreeSet<i64> = rows.keys().copied().collect();
     Run::of(&mut slot.changes(dir.path(), &["-q"])).success();
     let seen = replay(&dir.path().join("exports/changes"), &mut rows);

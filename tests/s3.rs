@@ -110,24 +110,6 @@ fn export(server: &Server, dir: &Path, db: &TestDb, args: &[&str]) -> Run {
     )
 }
 
-/// Files under `root`, recursively, relative, sorted.
-fn tree(root: &Path) -> Vec<String> {
-    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, root, out);
-            } else {
-                out.push(path.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
-
 #[test]
 fn a_csv_export_to_s3_is_the_compatible_csv_and_says_where_it_went() {
     let server = Server::shared();

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use pgwire_replication::{SslMode, TlsConfig};
 
+use super::settings::percent_decode;
 use crate::error::UsageError;
 
 /// Where and as whom to connect.
@@ -87,7 +88,7 @@ fn url_pairs(url: &str) -> Result<HashMap<String, String>, UsageError> {
     let mut pairs = HashMap::new();
     let mut put = |key: &str, value: &str| {
         if !value.is_empty() {
-            pairs.insert(key.to_owned(), decode(value));
+            pairs.insert(key.to_owned(), percent_decode(value));
         }
     };
     let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
@@ -154,29 +155,6 @@ fn keyvalue_pairs(text: &str) -> HashMap<String, String> {
         pairs.insert(key, value);
     }
     pairs
-}
-
-/// `%XX` decoded.
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

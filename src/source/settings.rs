@@ -276,7 +276,7 @@ fn keyvalue_password(conninfo: &str) -> Vec<String> {
 }
 
 /// `%XX` escapes of a URL part decoded (invalid escapes kept as written).
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -9,7 +9,12 @@ use super::*;
 /// The table as the export writes it, by id.
 pub fn table(dir: &Path, db: &TestDb, name: &str) -> BTreeMap<i64, Vec<String>> {
     Run::of(export_events(dir).args(["-q", "--database-url", &db.url(), "-o", name])).success();
-    let mut reader = csv::Reader::from_path(dir.join(name)).unwrap();
+    table_of(&dir.join(name))
+}
+
+/// The export CSV at `path`, by id.
+pub fn table_of(path: &Path) -> BTreeMap<i64, Vec<String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
     reader
         .records()
         .map(|r| {

@@ -324,6 +324,24 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Files under `root`, recursively, relative, sorted.
+pub fn tree(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
 /// The success line for `path`.
 pub fn exported(rows: usize, path: &Path) -> String {
     format!("Exported {rows} events to {}\n", path.display())
