@@ -154,7 +154,12 @@ pub fn write_files(
         Plan::Serial(sql) => engine.for_each_batch(sql, each)?,
         Plan::Windows { queries, jobs } => {
             let (first, _) = targets.first().context("an export has a target")?;
-            parallel::for_each_batch(engine, queries, *jobs, &first.path, each)?
+            // Windows read ahead wait beside the output; for object storage, in $TMPDIR.
+            let spool = match first.remote {
+                Some(_) => std::env::temp_dir().join(first.path.file_name().unwrap_or_default()),
+                None => first.path.clone(),
+            };
+            parallel::for_each_batch(engine, queries, *jobs, &spool, each)?
         }
     };
     Ok((rows, writers.close()?))

@@ -577,3 +577,32 @@ fn a_server_gone_mid_upload_fails_clearly_and_leaves_no_object_nor_upload() {
         100_000
     );
 }
+
+#[test]
+fn a_large_export_read_in_windows_goes_to_s3_byte_identical() {
+    let server = Server::shared();
+    let db = TestDb::empty("s3_windows");
+    let dir = scratch();
+    // Enough rows for the windowed plan (it starts at 500,000), whose read-ahead spools to
+    // $TMPDIR when the output is remote.
+    Run::of(export_events(dir.path()).args([
+        "generate",
+        "-q",
+        "--rows",
+        "600000",
+        "--database-url",
+        &db.url(),
+    ]))
+    .success();
+    let key = format!("{}/big.csv", prefix("windows"));
+    export(&server, dir.path(), &db, &["-o", "big.csv", "--jobs", "2"]).success();
+    export(
+        &server,
+        dir.path(),
+        &db,
+        &["-o", &server.url(&key), "--jobs", "2"],
+    )
+    .success();
+    let local = std::fs::read(dir.path().join("big.csv")).unwrap();
+    assert!(server.get(&key).unwrap() == local, "same bytes as on disk");
+}

@@ -10,7 +10,6 @@
 //! that only for a while, so a run also reads the id of the last message on the subject and
 //! skips changes up to it: each change is in the stream once, however long the gap.
 
-use std::collections::VecDeque;
 use std::future::IntoFuture as _;
 use std::time::Duration;
 
@@ -26,8 +25,9 @@ use crate::error::UsageError;
 use crate::model;
 use crate::runtime::runtime;
 
-/// Acknowledgements awaited at most at once; past this, publishing waits for the oldest.
-const IN_FLIGHT: usize = 4_096;
+/// Messages published together: sent back to back, then their acknowledgements awaited, in
+/// one wait on the runtime (a wait per message would cost more than the message).
+const CHUNK: usize = 2_048;
 
 /// A JetStream destination.
 pub struct Nats {
@@ -100,7 +100,7 @@ impl Nats {
     pub fn batch(&self) -> Publishing<'_> {
         Publishing {
             nats: self,
-            pending: VecDeque::new(),
+            pending: Vec::with_capacity(CHUNK),
             lsn: String::new(),
             position: 0,
             rows: 0,
@@ -133,7 +133,8 @@ fn parse_id(id: &str) -> Option<(Lsn, u64)> {
 /// The changes of a batch on their way to the stream.
 pub struct Publishing<'a> {
     nats: &'a Nats,
-    pending: VecDeque<PublishAckFuture>,
+    /// Messages not yet sent: (Nats-Msg-Id, JSON).
+    pending: Vec<(String, Vec<u8>)>,
     /// The commit LSN of the transaction being published, and the next position in it.
     lsn: String,
     position: u64,
@@ -145,20 +146,32 @@ pub struct Publishing<'a> {
 impl Publishing<'_> {
     /// Waits until the stream has acknowledged every message; returns (published, skipped).
     pub fn finish(mut self) -> Result<(u64, u64)> {
-        while !self.pending.is_empty() {
-            self.wait_oldest()?;
-        }
+        self.send()?;
         Ok((self.rows - self.skipped, self.skipped))
     }
 
-    fn wait_oldest(&mut self) -> Result<()> {
-        let Some(ack) = self.pending.pop_front() else {
-            return Ok(());
-        };
-        runtime()
-            .block_on(ack.into_future())
-            .context("JetStream did not acknowledge a change")?;
-        Ok(())
+    /// Publishes the pending messages and waits for every acknowledgement.
+    fn send(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let (js, subject) = (&self.nats.js, &self.nats.subject);
+        runtime().block_on(async {
+            let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(pending.len());
+            for (id, payload) in pending {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.as_str());
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, payload.into())
+                    .await
+                    .context("publishing a change to JetStream")?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.into_future()
+                    .await
+                    .context("JetStream did not acknowledge a change")?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -189,19 +202,10 @@ impl Changes for Publishing<'_> {
         }
         object.insert("position".into(), position.into());
         let payload = serde_json::to_vec(&object)?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{lsn}:{position}").as_str());
-        if self.pending.len() >= IN_FLIGHT {
-            self.wait_oldest()?;
+        self.pending.push((format!("{lsn}:{position}"), payload));
+        if self.pending.len() >= CHUNK {
+            self.send()?;
         }
-        let ack = runtime()
-            .block_on(self.nats.js.publish_with_headers(
-                self.nats.subject.clone(),
-                headers,
-                payload.into(),
-            ))
-            .context("publishing a change to JetStream")?;
-        self.pending.push_back(ack);
         Ok(())
     }
 
