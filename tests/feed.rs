@@ -333,3 +333,33 @@ fn follow_logs_a_line_per_batch_with_its_rate() {
         .unwrap_or_default();
     assert!(line.contains("changes/s"), "{stderr}");
 }
+
+#[test]
+fn the_replication_stream_logs_in_with_scram_over_verify_full_tls() {
+    let db = TestDb::sample("feed_auth");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    let role = setting("EXPORT_EVENTS_TEST_SCRAM_ROLE");
+    let password = setting("EXPORT_EVENTS_TEST_SCRAM_PASSWORD");
+    db.sql(&format!("GRANT SELECT ON events, rules TO {role}"));
+    db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id = 1");
+    let (_, port) = server_address();
+    // pg_hba.conf of the test cluster lets this role in with scram-sha-256 only.
+    let quoted = password.replace('\\', "\\\\").replace('\'', "\\'");
+    let conninfo = format!(
+        "host=localhost port={port} dbname={} user={role} password='{quoted}' \
+         sslmode=verify-full sslrootcert={}",
+        db.name,
+        setting("EXPORT_EVENTS_TEST_CA")
+    );
+    let run = Run::of(export_events(dir.path()).args([
+        "changes",
+        "--slot",
+        &slot.name,
+        "--database-url",
+        &conninfo,
+    ]))
+    .success();
+    assert!(run.stdout.starts_with("Wrote 1 changes"), "{run}");
+    assert!(!run.stderr.contains(&password), "{run}");
+}
