@@ -210,12 +210,17 @@ impl Engine {
         sql: &str,
         mut each: impl FnMut(&RecordBatch) -> Result<()>,
     ) -> Result<u64> {
+        // A session ended by the server can show at any step, preparing included (a window's
+        // reader prepares while another reads).
+        let lost = |e: duckdb::Error| anyhow!(session_error(&e.to_string()));
         let mut statement = self
             .conn
             .prepare(sql)
+            .map_err(lost)
             .context("preparing the export query")?;
         let mut batches = statement
             .stream_arrow([])
+            .map_err(lost)
             .context("running the export query")?;
         let mut rows = 0u64;
         let _watch = cancel::Watch::new(&self.conn);
@@ -302,7 +307,7 @@ fn connect_error(redacted: &str, origin: &str) -> String {
 }
 
 /// A failure while rows stream, saying plainly when the server ended the session.
-fn session_error(text: &str) -> String {
+pub(crate) fn session_error(text: &str) -> String {
     let closed = [
         "server closed the connection",
         "terminating connection",
@@ -311,6 +316,7 @@ fn session_error(text: &str) -> String {
         "could not receive data from server",
         "unexpected eof",
         "EOF detected",
+        "connection has been closed unexpectedly",
     ];
     if closed.iter().any(|c| text.contains(c)) {
         return format!(

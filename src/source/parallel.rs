@@ -26,7 +26,7 @@ use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use tempfile::NamedTempFile;
 
-use super::engine::{literal, Engine, CATALOG};
+use super::engine::{literal, session_error, Engine, CATALOG};
 use super::query::in_postgres;
 
 /// A window read into its spool: its index, rows and spool file.
@@ -61,6 +61,7 @@ pub fn for_each_batch(
             [],
             |row| row.get(0),
         )
+        .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
         .context("exporting the snapshot for the parallel read")?;
     let shared = Arc::new(Shared {
         windows: windows.to_vec(),
@@ -174,6 +175,7 @@ fn start_reader(
         "BEGIN TRANSACTION; CALL postgres_execute('{CATALOG}', {})",
         literal(&import)
     ))
+    .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
     .context("joining the export's snapshot")?;
     let shared = shared.clone();
     std::thread::Builder::new()
