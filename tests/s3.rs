@@ -101,13 +101,15 @@ fn prefix(label: &str) -> String {
     format!("{label}-{}", std::process::id())
 }
 
+/// `export-events -q --database-url <db> ...args` against `server`, not yet run.
+fn export_cmd(server: &Server, dir: &Path, db: &TestDb, args: &[&str]) -> Command {
+    let mut cmd = server.export_events(dir);
+    cmd.args(["-q", "--database-url", &db.url()]).args(args);
+    cmd
+}
+
 fn export(server: &Server, dir: &Path, db: &TestDb, args: &[&str]) -> Run {
-    Run::of(
-        server
-            .export_events(dir)
-            .args(["-q", "--database-url", &db.url()])
-            .args(args),
-    )
+    Run::of(&mut export_cmd(server, dir, db, args))
 }
 
 #[test]
@@ -357,8 +359,7 @@ fn a_signal_mid_upload_aborts_it_and_nothing_appears() {
     let dir = scratch();
     let p = prefix("signal");
     let key = format!("{p}/big.csv");
-    let mut cmd = server.export_events(dir.path());
-    cmd.args(["-q", "--database-url", &db.url(), "-o", &server.url(&key)]);
+    let mut cmd = export_cmd(&server, dir.path(), &db, &["-o", &server.url(&key)]);
     let child = spawn_stopped_at(&mut cmd, "stream.batch");
     assert_eq!(
         server.uploads(&p),
@@ -380,8 +381,7 @@ fn a_kill_mid_upload_leaves_nothing_visible_and_the_next_run_aborts_the_upload()
     let dir = scratch();
     let p = prefix("kill");
     let key = format!("{p}/big.parquet");
-    let mut cmd = server.export_events(dir.path());
-    cmd.args(["-q", "--database-url", &db.url(), "-o", &server.url(&key)]);
+    let mut cmd = export_cmd(&server, dir.path(), &db, &["-o", &server.url(&key)]);
     let child = spawn_stopped_at(&mut cmd, "stream.batch");
     signal(child.id(), "KILL");
     finish(child);
@@ -411,16 +411,12 @@ fn a_pair_killed_between_its_completions_has_no_manifest() {
     )
     .success();
     assert!(server.get(&format!("{csv}.manifest.json")).is_some());
-    let mut cmd = server.export_events(dir.path());
-    cmd.args([
-        "-q",
-        "--database-url",
-        &db.url(),
-        "-o",
-        &url,
-        "--format",
-        "csv,parquet",
-    ]);
+    let mut cmd = export_cmd(
+        &server,
+        dir.path(),
+        &db,
+        &["-o", &url, "--format", "csv,parquet"],
+    );
     let child = spawn_stopped_at(&mut cmd, "commit.between-renames");
     signal(child.id(), "KILL");
     finish(child);
@@ -549,15 +545,8 @@ fn a_server_gone_mid_upload_fails_clearly_and_leaves_no_object_nor_upload() {
     let db = TestDb::generated("s3_gone", 100_000);
     let dir = scratch();
     let key = "gone/big.csv".to_owned();
-    let mut cmd = server.export_events(dir.path());
-    cmd.env("AWS_MAX_ATTEMPTS", "2").args([
-        "-q",
-        "--database-url",
-        &db.url(),
-        "-o",
-        &server.url(&key),
-    ]);
-    let child = spawn_stopped_at(&mut cmd, "stream.batch");
+    let mut cmd = export_cmd(&server, dir.path(), &db, &["-o", &server.url(&key)]);
+    let child = spawn_stopped_at(cmd.env("AWS_MAX_ATTEMPTS", "2"), "stream.batch");
     own.kill();
     signal(child.id(), "CONT");
     let run = finish(child);

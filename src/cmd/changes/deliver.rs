@@ -22,7 +22,7 @@ const DEFAULT_FOLDER: &str = "exports/changes";
 pub enum Destination {
     Files {
         folder: Target,
-        args_formats: Vec<&'static crate::sink::format::Format>,
+        formats: Vec<&'static crate::sink::format::Format>,
         encoding: Encoding,
         mode: u32,
     },
@@ -42,7 +42,7 @@ impl Destination {
         }
         Ok(Self::Files {
             folder: Self::folder(ctx, args)?,
-            args_formats: args.output.format.0.clone(),
+            formats: args.output.format.0.clone(),
             encoding: Context::encoding(&args.output, None)?,
             mode: args.output.mode.unwrap_or(DEFAULT_MODE),
         })
@@ -84,16 +84,10 @@ impl Destination {
         Ok(match self {
             Self::Files {
                 folder,
-                args_formats,
+                formats,
                 encoding,
                 mode,
-            } => Batch::Files(ChangeFiles::create(
-                folder,
-                from,
-                args_formats,
-                encoding,
-                *mode,
-            )?),
+            } => Batch::Files(ChangeFiles::create(folder, from, formats, encoding, *mode)?),
             Self::Nats(nats) => Batch::Nats(nats.batch()),
         })
     }

@@ -6,11 +6,9 @@
 //! the caller, after its batch is durable. Also creates a slot with an exported snapshot, the
 //! starting point an initial export reads in.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use futures::FutureExt as _;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 
 use super::pgoutput::{decode, Lsn, Message};
@@ -31,13 +29,7 @@ pub enum Event {
 pub struct Stream {
     client: ReplicationClient,
     pg: PgConnection,
-    /// Events already received, not yet handed out: one wait on the runtime fetches every
-    /// event that is ready (a wake-up per event would cost more than decoding it).
-    ready: VecDeque<pgwire_replication::Result<Option<ReplicationEvent>>>,
 }
-
-/// Events taken at most per wait.
-const READY: usize = 4_096;
 
 /// The session's settings from the export's connection settings.
 fn config(pg: &PgConnection, slot: &str) -> Result<ReplicationConfig> {
@@ -86,36 +78,20 @@ impl Stream {
         Ok(Self {
             client,
             pg: pg.clone(),
-            ready: VecDeque::with_capacity(READY),
         })
     }
 
     /// The next event, or `None` when nothing came within `wait`.
     pub fn next(&mut self, wait: Duration) -> Result<Option<Event>> {
-        if self.ready.is_empty() {
-            let (client, ready) = (&mut self.client, &mut self.ready);
-            let first = runtime().block_on(async {
-                let first = tokio::time::timeout(wait, client.recv()).await.ok()?;
-                let stop = !matches!(first, Ok(Some(_)));
-                ready.push_back(first);
-                while !stop && ready.len() < READY {
-                    match client.recv().now_or_never() {
-                        Some(next) => ready.push_back(next),
-                        None => break,
-                    }
-                }
-                Some(())
-            });
-            if first.is_none() {
-                return Ok(None);
-            }
-        }
+        let client = &mut self.client;
+        let received =
+            runtime().block_on(async { tokio::time::timeout(wait, client.recv()).await });
         let pg = &self.pg;
-        let event = match self.ready.pop_front() {
-            None => return Ok(None),
-            Some(Ok(Some(event))) => event,
-            Some(Ok(None)) => return Err(anyhow!("the server ended the replication stream")),
-            Some(Err(e)) => return Err(explain(pg, &e)),
+        let event = match received {
+            Err(_) => return Ok(None),
+            Ok(Ok(Some(event))) => event,
+            Ok(Ok(None)) => return Err(anyhow!("the server ended the replication stream")),
+            Ok(Err(e)) => return Err(explain(pg, &e)),
         };
         Ok(Some(match event {
             ReplicationEvent::KeepAlive { wal_end, .. } => Event::Idle(Lsn(wal_end.0)),
