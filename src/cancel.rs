@@ -22,12 +22,36 @@ pub enum Mode {
     Finish,
 }
 
-/// A run stopped by SIGINT/SIGTERM (exit status 130, as shells report Ctrl-C).
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted; no output file was changed")]
+/// A run stopped by SIGINT/SIGTERM (exit status 130, as shells report Ctrl-C). What it says
+/// depends on whether the run's outputs were already put in place ([`committed`]).
+#[derive(Debug)]
 pub struct Interrupted;
 
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if COMMITTED.load(Ordering::SeqCst) {
+            f.write_str("interrupted after the output was put in place (it is whole)")
+        } else {
+            f.write_str("interrupted; no output file was changed")
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Set once the run's outputs are in place: an interruption after that changed them.
+static COMMITTED: AtomicBool = AtomicBool::new(false);
+
+/// Notes that the run's outputs are in place.
+pub fn committed() {
+    COMMITTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether the run's outputs were put in place.
+pub fn was_committed() -> bool {
+    COMMITTED.load(Ordering::SeqCst)
+}
 static MODE: OnceLock<Mode> = OnceLock::new();
 /// The connections whose queries a signal interrupts, in [`Mode::Cancel`].
 static RUNNING: Mutex<Vec<Arc<InterruptHandle>>> = Mutex::new(Vec::new());

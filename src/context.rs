@@ -55,7 +55,9 @@ impl Context {
 
     /// The run's UTC time as output templates write it for `{time}` (names sort in run order).
     pub fn stamp(&self) -> String {
-        self.started.format("%Y%m%dT%H%M%S%.3fZ").to_string()
+        self.started
+            .format(crate::retention::STAMP_FORMAT)
+            .to_string()
     }
 
     /// `--since`, as an instant.

@@ -5,7 +5,69 @@
 //! 130). Everything else is a runtime failure (connection, missing tables, I/O: exit 1). A full
 //! disk is said first, whatever context surrounds it.
 
+use std::sync::Mutex;
+
 use crate::cancel::Interrupted;
+
+/// The passwords this run knows of ([`keep_secret`]): masked in every line [`one_line`] and
+/// [`redact`] give, whichever library's message carries them (DuckDB's attach of a parallel
+/// reader, libpq, the replication client).
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// What a secret is replaced with.
+pub const MASK: &str = "********";
+
+/// Remembers `secret` so that no message of this process shows it.
+pub fn keep_secret(secret: &str) {
+    if secret.is_empty() {
+        return;
+    }
+    let mut secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| s == secret) {
+        secrets.push(secret.to_owned());
+        // Longest first, so a secret containing another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// `text` with every kept secret masked, and the password of any `scheme://user:password@host`
+/// in it, known or not.
+pub fn redact(text: &str) -> String {
+    let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    let known = secrets.iter().fold(text.to_owned(), |acc, secret| {
+        acc.replace(secret.as_str(), MASK)
+    });
+    mask_url_passwords(&known)
+}
+
+/// Masks the password part of every `://user:password@` in `text`.
+fn mask_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', quote or white space; its userinfo at its last '@'.
+        let end = tail
+            .find(|c: char| c == '/' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@').and_then(|a| {
+            let user = &authority[..a];
+            user.find(':').map(|colon| (colon, a))
+        }) {
+            Some((colon, a)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str(MASK);
+                out.push_str(&authority[a..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
 
 /// Bad usage or input: the user can fix it by changing the command line or its settings.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +79,9 @@ pub struct UsageError(pub String);
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|cause| cause.is::<UsageError>()) {
         2
-    } else if err.chain().any(|cause| cause.is::<Interrupted>()) {
+    } else if err.downcast_ref::<Interrupted>().is_some()
+        || err.chain().any(|cause| cause.is::<Interrupted>())
+    {
         130
     } else {
         1
@@ -45,7 +109,7 @@ fn disk_full(err: &anyhow::Error) -> Option<String> {
 /// messages (DuckDB and libpq write several lines) folded to spaces.
 pub fn one_line(err: &anyhow::Error) -> String {
     if let Some(full) = disk_full(err) {
-        return full;
+        return redact(&full);
     }
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
@@ -58,7 +122,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
             parts.push(text);
         }
     }
-    parts.join(": ")
+    redact(&parts.join(": "))
 }
 
 #[cfg(test)]
@@ -83,6 +147,33 @@ mod tests {
         );
         let repeated = anyhow::anyhow!("disk full").context("disk full");
         assert_eq!(one_line(&repeated), "disk full");
+    }
+
+    #[test]
+    fn passwords_never_reach_a_line() {
+        keep_secret("hunter2 with spaces");
+        let err = anyhow::anyhow!(
+            "Unable to connect to Postgres at \"postgres://hub:p%40ss@db:5432/x\": password \
+             hunter2 with spaces"
+        );
+        let line = one_line(&err.context("attaching reader 2"));
+        assert!(
+            !line.contains("p%40ss") && !line.contains("hunter2"),
+            "{line}"
+        );
+        assert!(line.contains("postgres://hub:********@db:5432/x"), "{line}");
+        assert_eq!(
+            redact("s3://bucket/key and https://h/x"),
+            "s3://bucket/key and https://h/x"
+        );
+        assert_eq!(redact("postgres://a:b:c@@h"), "postgres://a:********@h");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn redaction_never_panics(text in "\\PC{0,60}") {
+            let _ = redact(&text);
+        }
     }
 
     #[test]

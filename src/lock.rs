@@ -65,8 +65,13 @@ impl RunLock {
                                 "export-events: waiting for the other run using {what} ({holder})"
                             );
                         }
-                        file.lock()
-                            .with_context(|| format!("locking {}", path.display()))?;
+                        // Polled, not a blocking lock(): SIGINT/SIGTERM must end the wait.
+                        while file.try_lock().is_err() {
+                            if crate::cancel::requested() {
+                                return Err(crate::cancel::Interrupted.into());
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
                     }
                 }
             }

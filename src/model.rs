@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{ArrayRef, AsArray as _};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
 
 /// What a column holds; decides its SQL cast, Arrow type and CSV text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,32 @@ pub enum Kind {
     Text,
     /// Written `True`/`False`.
     Bool,
+}
+
+/// How a Hub's `timestamp` column keeps time, which Django's `USE_TZ` decides: `True` makes
+/// `timestamp with time zone` (instants, written in UTC with `+00:00`, Parquet timestamps
+/// adjusted to UTC); `False` makes `timestamp without time zone` (wall-clock values, written
+/// without an offset as Django's `export_events` then did, Parquet timestamps not adjusted to
+/// UTC). Read from the catalog, never assumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Zone {
+    #[default]
+    Aware,
+    Naive,
+}
+
+impl Zone {
+    /// From the column's type as PostgreSQL (`format_type`) or DuckDB names it.
+    pub fn of_type(name: &str) -> Self {
+        let name = name.to_ascii_lowercase();
+        let aware = !name.contains("without time zone")
+            && (name.contains("with time zone") || name == "timestamptz");
+        if aware || !name.starts_with("timestamp") {
+            Zone::Aware
+        } else {
+            Zone::Naive
+        }
+    }
 }
 
 impl Kind {
@@ -102,6 +131,11 @@ pub const EVENT: [Column; 6] = [
     ),
 ];
 
+/// The column a dataset partitioned by rule is split by, selected after the event's columns
+/// and never written to its files: the rule's id. A rule's name can be 255 characters (1,020
+/// bytes), past what a folder name may hold, and can change; its id does neither.
+pub const RULE_ID: &str = "rule_id";
+
 /// The column that identifies an event (replay upserts and deletes by it).
 pub const KEY: &str = "id";
 
@@ -124,8 +158,16 @@ impl Column {
         format!("{source}::{} AS \"{}\"", self.kind.sql(), self.name)
     }
 
-    fn field(&self) -> Field {
-        Field::new(self.name, self.kind.arrow(), self.nullable)
+    /// The column's Arrow field where the event's timestamp keeps time as `zone` says (the
+    /// feed's own commit time is always an instant).
+    fn field(&self, zone: Zone) -> Field {
+        let data_type = match (self.kind, self.origin, zone) {
+            (Kind::Timestamp, Origin::Event(_), Zone::Naive) => {
+                DataType::Timestamp(TimeUnit::Microsecond, None)
+            }
+            (kind, ..) => kind.arrow(),
+        };
+        Field::new(self.name, data_type, self.nullable)
     }
 }
 
@@ -148,10 +190,50 @@ pub fn names() -> String {
 }
 
 /// The schema of export files.
-pub fn event_schema() -> SchemaRef {
+pub fn event_schema(zone: Zone) -> SchemaRef {
     Arc::new(Schema::new(
-        EVENT.iter().map(Column::field).collect::<Vec<_>>(),
+        EVENT.iter().map(|c| c.field(zone)).collect::<Vec<_>>(),
     ))
+}
+
+/// `batch` with its timestamp columns typed as `schema` has them (same values: the query reads
+/// every timestamp as microseconds in UTC; a naive column's wall clock is read as UTC, so only
+/// the type's time zone differs). Columns `schema` does not name pass as they are.
+pub fn conform(batch: &RecordBatch, schema: &Schema) -> Result<RecordBatch, ArrowError> {
+    let wanted = |field: &Field| {
+        schema
+            .field_with_name(field.name())
+            .ok()
+            .filter(|w| matches!(w.data_type(), DataType::Timestamp(..)))
+            .filter(|w| w.data_type() != field.data_type())
+            .map(|w| w.data_type().clone())
+    };
+    if batch.schema().fields().iter().all(|f| wanted(f).is_none()) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match (
+            wanted(field),
+            column.as_primitive_opt::<TimestampMicrosecondType>(),
+        ) {
+            (Some(DataType::Timestamp(TimeUnit::Microsecond, tz)), Some(stamps)) => {
+                columns.push(Arc::new(stamps.clone().with_timezone_opt(tz.clone())));
+                fields.push(
+                    field
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Timestamp(TimeUnit::Microsecond, tz)),
+                );
+            }
+            _ => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 /// The columns of change files: the feed's, then the event's; a delete may carry only the key,
@@ -165,11 +247,11 @@ pub fn change_columns() -> Vec<Column> {
 }
 
 /// The schema of change files.
-pub fn change_schema() -> SchemaRef {
+pub fn change_schema(zone: Zone) -> SchemaRef {
     Arc::new(Schema::new(
         change_columns()
             .iter()
-            .map(Column::field)
+            .map(|c| c.field(zone))
             .collect::<Vec<_>>(),
     ))
 }
@@ -200,7 +282,7 @@ mod tests {
 
     #[test]
     fn change_files_prefix_the_feed_columns_and_only_the_key_is_required() {
-        let schema = change_schema();
+        let schema = change_schema(Zone::Aware);
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let expected: Vec<&str> = FEED.iter().chain(&EVENT).map(|c| c.name).collect();
         assert_eq!(names, expected);
@@ -212,8 +294,42 @@ mod tests {
             .collect();
         assert_eq!(required, ["lsn", "commit_time", "xid", "op", "id"]);
         assert_eq!(
-            event_schema().field(1).data_type(),
+            event_schema(Zone::Aware).field(1).data_type(),
             &Kind::Timestamp.arrow()
+        );
+    }
+
+    #[test]
+    fn a_naive_timestamp_column_stays_naive_and_the_commit_time_an_instant() {
+        for (name, zone) in [
+            ("timestamp with time zone", Zone::Aware),
+            ("TIMESTAMP WITH TIME ZONE", Zone::Aware),
+            ("timestamptz", Zone::Aware),
+            ("timestamp without time zone", Zone::Naive),
+            ("timestamp(3) without time zone", Zone::Naive),
+            ("TIMESTAMP", Zone::Naive),
+        ] {
+            assert_eq!(Zone::of_type(name), zone, "{name}");
+        }
+        let naive = DataType::Timestamp(TimeUnit::Microsecond, None);
+        assert_eq!(event_schema(Zone::Naive).field(1).data_type(), &naive);
+        let changes = change_schema(Zone::Naive);
+        assert_eq!(changes.field(1).data_type(), &Kind::Timestamp.arrow());
+        assert_eq!(
+            changes.field_with_name("timestamp").unwrap().data_type(),
+            &naive
+        );
+        let aware = arrow::array::TimestampMicrosecondArray::from(vec![7]).with_timezone("UTC");
+        let batch =
+            RecordBatch::try_from_iter([("timestamp", Arc::new(aware) as ArrayRef)]).unwrap();
+        let conformed = conform(&batch, &event_schema(Zone::Naive)).unwrap();
+        assert_eq!(conformed.schema().field(0).data_type(), &naive);
+        assert_eq!(
+            conformed
+                .column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0),
+            7
         );
     }
 }

@@ -4,6 +4,7 @@
 //! finished outputs in place together with their manifest last, and report
 //! `Exported N events to /abs/path`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -50,26 +51,102 @@ pub fn lock_targets(targets: &[(Target, &'static Format)], wait: Wait) -> Result
     let mut sorted: Vec<&Target> = targets.iter().map(|(t, _)| t).collect();
     sorted.sort_by_key(|t| t.shown());
     let mut locks = Vec::with_capacity(sorted.len());
-    for target in sorted {
+    for target in &sorted {
         let shown = target.shown();
-        let Some(bucket) = &target.remote else {
-            locks.push(RunLock::acquire(&lock::beside(&target.path), &shown, wait)?);
-            sink::recover(&target.path)?;
-            sink::recover(&manifest::path_of(&target.path))?;
-            continue;
+        let path = match target.remote {
+            Some(_) => object::local_name(&shown, "lock"),
+            None => lock::beside(&target.path),
         };
-        locks.push(RunLock::acquire(
-            &object::local_name(&shown, "lock"),
-            &shown,
-            wait,
-        )?);
-        object::recover(bucket, &shown)?;
+        locks.push(RunLock::acquire(&path, &shown, wait)?);
+    }
+    // Only once every lock is held: one target's journal may finish another's commit.
+    let (remote, local): (Vec<&Target>, Vec<&Target>) =
+        sorted.into_iter().partition(|t| t.remote.is_some());
+    let manifests: Vec<PathBuf> = local.iter().map(|t| manifest::path_of(&t.path)).collect();
+    let paths: Vec<&Path> = local
+        .iter()
+        .map(|t| t.path.as_path())
+        .chain(manifests.iter().map(PathBuf::as_path))
+        .collect();
+    sink::recover(&paths)?;
+    for target in remote {
+        let bucket = target.remote.as_ref().expect("a remote target");
+        object::recover(bucket, &target.shown())?;
         object::recover(
             bucket,
             &bucket.url(&key_of(&manifest::path_of(&target.path))),
         )?;
     }
     Ok(locks)
+}
+
+/// Makes whole what killed runs of the same `{time}` template left beside their outputs: each
+/// run has its own file names, so no later run of the output would ever lock them again, and a
+/// SIGKILL would leave its staged files (and a half-done pair) for ever. Every hidden file named
+/// after a run of `template` (a temporary, a journal, a lock) is grouped by its run's stamp; a
+/// run whose files no live process holds locked (its targets and, for a manifest, its output)
+/// is recovered as one group: its commit completed, its temporaries removed. Local folders
+/// only.
+pub fn recover_template_runs(template: &Path, current: &[(Target, &'static Format)]) -> Result<()> {
+    let folder = template.parent().unwrap_or(Path::new("/"));
+    let name = template
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some((prefix, _)) = name.split_once(crate::retention::TIME) else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Ok(());
+    };
+    let mut runs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(target) = file
+            .strip_prefix('.')
+            .and_then(sink::file::target_of_hidden)
+        else {
+            continue;
+        };
+        let Some((stamp, _)) = target
+            .strip_prefix(prefix)
+            .and_then(crate::retention::split_stamp)
+        else {
+            continue;
+        };
+        if !target.contains('/') && current.iter().all(|(t, _)| t.path != folder.join(target)) {
+            runs.entry(stamp.to_owned())
+                .or_default()
+                .insert(target.to_owned());
+        }
+    }
+    for names in runs.values() {
+        let mut locked = BTreeSet::new();
+        for name in names {
+            locked.insert(name.clone());
+            if let Some(output) = name.strip_suffix(".manifest.json") {
+                locked.insert(output.to_owned());
+            }
+        }
+        // A run still alive holds its locks: its files are left alone.
+        let locks: Result<Vec<RunLock>> = locked
+            .iter()
+            .map(|n| {
+                let target = folder.join(n);
+                RunLock::acquire(
+                    &lock::beside(&target),
+                    &target.display().to_string(),
+                    Wait::No,
+                )
+            })
+            .collect();
+        let Ok(_locks) = locks else {
+            continue;
+        };
+        let paths: Vec<PathBuf> = names.iter().map(|n| folder.join(n)).collect();
+        sink::recover(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+    }
+    Ok(())
 }
 
 /// Checks that every object storage target can be written (credentials, bucket, permission),
@@ -146,8 +223,10 @@ pub fn write_files(
         .collect::<Result<Vec<_>>>()?;
     let mut writers = Writers::spawn(sinks)?;
     let each = |batch: &arrow::record_batch::RecordBatch| {
-        writers.write(batch)?;
+        // A naive `timestamp` column (USE_TZ = False) is read as UTC: typed naive here.
+        writers.write(&crate::model::conform(batch, &schema)?)?;
         progress.advance(batch.num_rows() as u64);
+        crate::fault::point("export.streaming");
         Ok(())
     };
     let rows = match plan {
@@ -181,7 +260,9 @@ pub fn commit(
     let manifest = about(&first.path, &records).stage(first)?;
     let mut all = staged;
     all.push(Staged::File(manifest));
-    sink::commit_all(all)
+    let written = sink::commit_all(all)?;
+    crate::cancel::committed();
+    Ok(written)
 }
 
 /// The paths (or `s3://` URLs) of `targets`, for the report.

@@ -118,14 +118,19 @@ fn split_offset(text: &str) -> Option<(&str, FixedOffset)> {
         return Some((text, utc));
     };
     let (clock, offset) = (text[..at].trim_end(), &text[at + 1..]);
-    if !offset.bytes().all(|b| b.is_ascii_digit() || b == b':') {
+    // `HH`, `HHMM` or `HH:MM`, nothing else (`+::` once reached the slicing below).
+    let b = offset.as_bytes();
+    let digit = |i: usize| b[i].is_ascii_digit();
+    let valid_shape = match b.len() {
+        2 => digit(0) && digit(1),
+        4 => (0..4).all(digit),
+        5 => digit(0) && digit(1) && b[2] == b':' && digit(3) && digit(4),
+        _ => false,
+    };
+    if !valid_shape {
         return None;
     }
     let digits: String = offset.chars().filter(|c| *c != ':').collect();
-    let valid_shape = matches!(offset.len(), 2 | 4) || (offset.len() == 5 && &offset[2..3] == ":");
-    if !valid_shape || !digits.len().is_multiple_of(2) {
-        return None;
-    }
     let hours = number(&digits[..2])? as i32;
     let minutes = if digits.len() == 4 {
         number(&digits[2..])? as i32
@@ -232,9 +237,30 @@ mod tests {
             "99999999999999999999d",
             "9999999999999d",
             "2026-02-01'; DROP TABLE events; --",
+            "2026-02-01T00:00+::",
+            "2026-02-01T00:00+:",
+            "2026-02-01T00:00-1:00",
+            "2026-02-01T00:00+12:3",
         ] {
             let err = parse(bad, now()).expect_err(bad);
             assert!(err.0.starts_with("invalid --since value"), "{bad}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever is typed, `--since` answers with an instant or a usage error, never a panic.
+        #[test]
+        fn never_panics(text in "\\PC{0,40}") {
+            let _ = parse(&text, now());
+        }
+
+        #[test]
+        fn never_panics_on_near_misses(
+            date in "[0-9]{4}-[0-9]{2}-[0-9]{2}",
+            sep in "[Tt ]",
+            rest in "[0-9:.,+Zz -]{0,16}",
+        ) {
+            let _ = parse(&format!("{date}{sep}{rest}"), now());
         }
     }
 

@@ -363,3 +363,134 @@ fn the_replication_stream_logs_in_with_scram_over_verify_full_tls() {
     assert!(run.stdout.starts_with("Wrote 1 changes"), "{run}");
     assert!(!run.stderr.contains(&password), "{run}");
 }
+
+#[test]
+fn two_databases_never_share_a_subject_or_a_folder_silently() {
+    let (east, west) = (
+        TestDb::sample("feed_two_east"),
+        TestDb::sample("feed_two_west"),
+    );
+    let dir = scratch();
+    let east_slot = Slot::create(&east, dir.path());
+    let west_slot = Slot::create(&west, dir.path());
+    let nats = Subject::new("two_sites");
+    for db in [&east, &west] {
+        db.sql(
+            "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+             SELECT now(), now(), 1, false FROM generate_series(1, 200)",
+        );
+    }
+    Run::of(east_slot.changes(dir.path(), &["-q"]).args(nats.args())).success();
+    let published = nats.messages().len();
+    assert_eq!(published, 200);
+    // The other site on the same subject is refused, naming the fix; nothing is published.
+    Run::of(west_slot.changes(dir.path(), &["-q"]).args(nats.args()))
+        .failure(2, "give each database and slot its own --subject");
+    assert_eq!(nats.messages().len(), published);
+    let scope = east.value(&format!(
+        "SELECT (SELECT system_identifier FROM pg_control_system())::text || '-' || \
+         (SELECT oid FROM pg_database WHERE datname = current_database())::text || '-{}'",
+        east_slot.name
+    ));
+    assert!(
+        nats.messages()
+            .iter()
+            .all(|(id, _)| id.starts_with(&format!("{scope}:"))),
+        "message ids name their feed"
+    );
+    // Change files: one folder per feed, likewise.
+    Run::of(&mut east_slot.changes(dir.path(), &[])).success();
+    Run::of(&mut west_slot.changes(dir.path(), &[]))
+        .failure(2, "holds the change files of another feed");
+    // On its own subject the other site loses nothing.
+    let own = Subject::new("two_sites_west");
+    Run::of(west_slot.changes(dir.path(), &["-q"]).args(own.args())).success();
+    assert_eq!(own.messages().len(), 200);
+}
+
+#[test]
+fn a_partitioned_events_table_feeds_every_change_through_its_root() {
+    let db = TestDb::sample("feed_partitioned");
+    // Events at scale: declaratively partitioned by month, as Hubs partition them.
+    db.sql(
+        "ALTER TABLE events RENAME TO events_plain; \
+         CREATE TABLE events (LIKE events_plain INCLUDING DEFAULTS) PARTITION BY RANGE (\"timestamp\"); \
+         CREATE TABLE events_old PARTITION OF events FOR VALUES FROM (MINVALUE) TO ('2026-01-01'); \
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO (MAXVALUE); \
+         ALTER TABLE events ADD PRIMARY KEY (id, \"timestamp\"); \
+         INSERT INTO events SELECT * FROM events_plain; DROP TABLE events_plain; \
+         CREATE SEQUENCE events_id_seq START 1000; \
+         ALTER TABLE events ALTER COLUMN id SET DEFAULT nextval('events_id_seq')",
+    );
+    let dir = scratch();
+    let (slot, run) = create_with_initial(&db, dir.path(), "initial.csv");
+    run.success();
+    let mut rows = table_of(&dir.path().join("initial.csv"));
+    db.sql("UPDATE events SET acknowledged = NOT acknowledged");
+    db.sql(
+        "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+         SELECT '2025-06-01'::timestamptz + make_interval(days => i), now(), 1, false \
+         FROM generate_series(1, 50) AS i",
+    );
+    db.sql("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 10)");
+    let run = Run::of(&mut slot.changes(dir.path(), &[])).success();
+    let updates = 15;
+    assert!(
+        run.stdout
+            .starts_with(&format!("Wrote {} changes", updates + 50 + 10)),
+        "{run}"
+    );
+    replay(&dir.path().join("exports/changes"), &mut rows);
+    assert!(
+        rows == table(dir.path(), &db, "final.csv"),
+        "replay gives the table"
+    );
+}
+
+#[test]
+fn a_change_the_stream_refuses_mid_chunk_is_published_again_never_skipped() {
+    let db = TestDb::sample("feed_nats_gap");
+    let dir = scratch();
+    let (slot, run) = create_with_initial(&db, dir.path(), "initial.csv");
+    run.success();
+    let initial = table_of(&dir.path().join("initial.csv"));
+    let nats = Subject::new("gap");
+    // A stream that refuses large messages: the change of an event whose rule has a long name
+    // is refused while the ones after it (small) would be taken.
+    let config = |max_message_size: i32| jetstream::stream::Config {
+        name: nats.stream.clone(),
+        subjects: vec![nats.subject.clone()],
+        max_message_size,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(async { jetstream::new(async_nats::connect(&nats.url).await.unwrap()) });
+    rt.block_on(js.create_stream(config(700))).unwrap();
+    let long = "温".repeat(255); // 765 bytes, within varchar(255)
+    db.sql(&format!(
+        "INSERT INTO rules (id, name, condition, action, is_active, device_metric_id) \
+         VALUES (20, '{long}', '{{}}', '{{}}', true, 20)"
+    ));
+    db.sql(
+        "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+         SELECT now(), now(), CASE WHEN i = 5 THEN 20 ELSE 1 END, false \
+         FROM generate_series(1, 20) AS i",
+    );
+    let to = ["--to", &nats.url, "--subject", &nats.subject, "-q"];
+    let failed = Run::of(&mut slot.changes(dir.path(), &to));
+    assert_eq!(failed.code, Some(1), "{failed}");
+    let stored = nats.messages();
+    assert!(stored.len() < 20, "a prefix only: {}", stored.len());
+    // The stream takes large messages again: the next run publishes from the refused change.
+    rt.block_on(js.update_stream(config(-1))).unwrap();
+    Run::of(&mut slot.changes(dir.path(), &to)).success();
+    let messages = nats.messages();
+    let ids: BTreeSet<&String> = messages.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), messages.len(), "no change twice");
+    let mut rows = normal(&initial);
+    apply_stream(&messages, &mut rows);
+    assert!(
+        rows == normal(&table(dir.path(), &db, "final.csv")),
+        "no change lost"
+    );
+}

@@ -58,6 +58,13 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
     let opened = source::open(&source)?;
     let engine = &opened.engine;
     let _locks = pipeline::lock_targets(&targets, ctx.wait)?;
+    if let (Some(template), None) = (template.as_deref(), &targets[0].0.remote) {
+        let template = targets[0]
+            .0
+            .path
+            .with_file_name(template.file_name().unwrap_or_default());
+        pipeline::recover_template_runs(&template, &targets)?;
+    }
     let postgres = opened.dialect == Dialect::Postgres;
     // PostgreSQL is read in one REPEATABLE READ transaction, whose snapshot the manifest names.
     let read = if postgres {
@@ -90,7 +97,7 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
     let (rows, staged) = pipeline::write_files(
         engine,
         &plan,
-        model::event_schema(),
+        model::event_schema(opened.zone),
         &targets,
         &encoding,
         layout,
@@ -101,7 +108,7 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
     }
     let snapshot = read.as_ref().map(|(_, snapshot)| snapshot.clone());
     let manifest_source = match (&source, read) {
-        (_, Some((id, _))) => manifest::Source::postgres(id),
+        (_, Some((id, _))) => id.manifest_source(),
         (Source::DuckDbFile(path), None) => manifest::Source::duckdb(path),
         _ => bail!("an export reads PostgreSQL or a DuckDB file"),
     };

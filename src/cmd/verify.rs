@@ -42,9 +42,13 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
         }
         None => (Manifest::read(&path)?, path.display().to_string()),
     };
+    let files = match &remote {
+        Some(_) => manifest.file_keys(&path)?,
+        None => manifest.file_paths(&path)?,
+    };
     let mut failures = 0;
     println!("{:<60} {:>12} {:>14}  status", "file", "rows", "bytes");
-    for (entry, file) in manifest.files.iter().zip(manifest.file_paths(&path)) {
+    for (entry, file) in manifest.files.iter().zip(files) {
         let status = match &remote {
             Some(bucket) => match bucket.hash(&key_of(&file)) {
                 Ok(None) => "missing".into(),

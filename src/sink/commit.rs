@@ -21,7 +21,9 @@ use super::file::{
     TEMP_SUFFIX,
 };
 use super::object_dir::ObjectDir;
-use crate::fault;
+use super::Target;
+use crate::error::UsageError;
+use crate::{confine, fault};
 
 /// An output complete under its temporary name, ready to be put in place.
 pub enum Staged {
@@ -60,21 +62,23 @@ impl Staged {
         }
     }
 
+    /// Its rename as the journal records it: names in the journal's folder, never paths.
     fn entry(&self) -> Entry {
+        let name = |p: &Path| file_name(p);
         match self {
             Staged::File(f) => Entry {
-                temp: f.temp_path().unwrap_or(Path::new("")).to_owned(),
-                target: f.target.clone(),
+                temp: f.temp_path().map(name).unwrap_or_default(),
+                target: name(&f.target),
                 token: None,
             },
             Staged::Dataset(d) => Entry {
-                temp: d.path().to_owned(),
-                target: d.target().to_owned(),
+                temp: name(d.path()),
+                target: name(d.target()),
                 token: Some(d.token().to_owned()),
             },
             Staged::Objects(d) => Entry {
-                temp: PathBuf::new(),
-                target: d.target().to_owned(),
+                temp: String::new(),
+                target: name(d.target()),
                 token: None,
             },
         }
@@ -96,6 +100,9 @@ pub fn commit_all(mut staged: Vec<Staged>) -> Result<Vec<Written>> {
         }
     }
     let remote = staged.iter().any(Staged::remote);
+    if staged.len() > 1 {
+        fault::point("commit.staged");
+    }
     let journal = if staged.len() > 1 && !remote {
         Some(Journal::write(&staged)?)
     } else {
@@ -144,14 +151,31 @@ pub fn commit_all(mut staged: Vec<Staged>) -> Result<Vec<Written>> {
     if let Some(journal) = journal {
         journal.remove();
     }
+    if targets.len() > 1 {
+        fault::point("commit.done");
+    }
     Ok(written)
 }
 
-/// Makes `target` whole again after a killed run, for the holder of its lock (no other process
-/// writes it): completes a commit that was interrupted between its renames (the journal names
-/// finished, synced outputs), then removes temporary files and folders. Returns how many.
-pub fn recover(target: &Path) -> Result<usize> {
-    Journal::complete(target)?;
+/// Makes `targets` whole again after a killed run, for the holder of all their locks (no other
+/// process writes them): first completes every commit that was interrupted between its renames
+/// (a journal names finished, synced outputs, possibly of several of the targets), then removes
+/// temporary files and folders. The order matters: a journal of one target may need the staged
+/// file of another, so nothing is swept until every journal is replayed. Returns how many
+/// temporaries were removed.
+pub fn recover(targets: &[&Path]) -> Result<usize> {
+    for target in targets {
+        Journal::complete(target)?;
+    }
+    let mut removed = 0;
+    for target in targets {
+        removed += sweep(target)?;
+    }
+    Ok(removed)
+}
+
+/// Removes the temporary files and folders killed runs left beside `target`.
+fn sweep(target: &Path) -> Result<usize> {
     let Some(folder) = target.parent() else {
         return Ok(0);
     };
@@ -173,16 +197,27 @@ pub fn recover(target: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+/// Replaces the small file at `target` with `bytes`, whole and durable (a state or record
+/// file): written under a temporary name with the target's permissions, renamed over whatever
+/// is there (a symlink planted at the name is replaced, never followed).
+pub fn replace(target: &Target, bytes: &[u8]) -> Result<()> {
+    let mut file = AtomicFile::create(target)?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", target.shown()))?;
+    commit_all(vec![Staged::File(file)]).map(drop)
+}
+
 /// A rename is durable once its folder is synced (best effort where unsupported).
 pub(super) fn sync_folder(folder: &Path) {
     let _ = File::open(folder).and_then(|f| f.sync_all());
 }
 
-/// One rename of a group commit.
+/// One rename of a group commit, between two names in the journal's folder (every output of
+/// a group commit sits in one folder: siblings and their manifest).
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
-    temp: PathBuf,
-    target: PathBuf,
+    temp: String,
+    target: String,
     /// For a dataset: the token of its staging marker, which tells the new folder from the old.
     token: Option<String>,
 }
@@ -227,25 +262,58 @@ impl Journal {
         };
         // A journal cut short was never acted on: no rename had started.
         if let Ok(entries) = serde_json::from_slice::<Vec<Entry>>(&text) {
-            for entry in &entries {
+            let folder = path.parent().unwrap_or(Path::new("/"));
+            let renames = Self::check(&path, folder, &entries)?;
+            for ((temp, target), entry) in renames.iter().zip(&entries) {
                 let done = match &entry.token {
-                    None if entry.temp.exists() => std::fs::rename(&entry.temp, &entry.target),
+                    None if temp.exists() => std::fs::rename(temp, target),
                     None => Ok(()),
-                    Some(token) => AtomicDir::complete(&entry.temp, &entry.target, token),
+                    Some(token) => AtomicDir::complete(temp, target, token),
                 };
                 done.with_context(|| {
-                    format!(
-                        "completing the interrupted commit of {}",
-                        entry.target.display()
-                    )
+                    format!("completing the interrupted commit of {}", target.display())
                 })?;
-                if let Some(folder) = entry.target.parent() {
-                    sync_folder(folder);
-                }
             }
+            sync_folder(folder);
         }
         Self { path }.remove();
         Ok(())
+    }
+
+    /// The renames a journal asks for, if it is one this tool could have written: this user's
+    /// file, naming only a temporary of each target and the target itself, both plain names in
+    /// the journal's own folder. Anything else (a planted or edited journal) is refused whole,
+    /// before any rename.
+    fn check(path: &Path, folder: &Path, entries: &[Entry]) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let refuse = |why: String| {
+            UsageError(format!(
+                "{} is not a commit journal export-events wrote ({why}): remove it if no \
+                 export-events run was killed here",
+                path.display()
+            ))
+        };
+        confine::owned_by_us(path).map_err(|e| refuse(e.0))?;
+        entries
+            .iter()
+            .map(|entry| {
+                // Journals of earlier versions held absolute paths in the same folder.
+                let name = |text: &str| match text.starts_with('/') {
+                    true => confine::absolute_in(folder, text),
+                    false => confine::file_in(folder, text),
+                };
+                let target = name(&entry.target).map_err(|e| refuse(e.0))?;
+                let temp = name(&entry.temp).map_err(|e| refuse(e.0))?;
+                if !is_temporary_of(&file_name(&temp), &target) {
+                    return Err(refuse(format!(
+                        "{} is not a temporary of {}",
+                        temp.display(),
+                        target.display()
+                    )));
+                }
+                Ok((temp, target))
+            })
+            .collect::<Result<_, UsageError>>()
+            .map_err(Into::into)
     }
 
     fn remove(&self) {
@@ -321,7 +389,6 @@ impl Previous {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::Target;
 
     #[test]
     fn recovery_removes_the_temporaries_of_its_target_only() {
@@ -335,7 +402,7 @@ mod tests {
         std::fs::write(&other, "other").unwrap();
         let longer = dir.path().join(".a.csv.gz.abcdef.tmp");
         std::fs::write(&longer, "another target's").unwrap();
-        assert_eq!(recover(&target.path).unwrap(), 1);
+        assert_eq!(recover(&[&target.path]).unwrap(), 1);
         assert!(!partial.exists() && other.exists() && longer.exists());
     }
 
@@ -386,7 +453,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&a.path).unwrap(), "new a");
         assert_eq!(std::fs::read_to_string(&b.path).unwrap(), "old b");
         assert!(journal.path.exists() && unrenamed.exists());
-        recover(&a.path).unwrap();
+        recover(&[&a.path]).unwrap();
         assert_eq!(std::fs::read_to_string(&b.path).unwrap(), "new b");
         let mut left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -394,5 +461,76 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["a.csv", "a.parquet"]);
+    }
+
+    #[test]
+    fn every_journal_is_replayed_before_any_temporary_is_swept() {
+        // `--format parquet,csv`: the journal is beside the Parquet file, which sorts after the
+        // CSV whose staged file it still needs.
+        let dir = tempfile::tempdir().unwrap();
+        let target =
+            |name: &str| Target::resolve(Some(Path::new(name)), "d.csv", dir.path()).unwrap();
+        let (p, c) = (target("a.parquet"), target("a.csv"));
+        let mut files = vec![
+            AtomicFile::create(&p).unwrap(),
+            AtomicFile::create(&c).unwrap(),
+        ];
+        files[0].write_all(b"new p").unwrap();
+        files[1].write_all(b"new c").unwrap();
+        let staged: Vec<Staged> = files.into_iter().map(Staged::File).collect();
+        let _journal = Journal::write(&staged).unwrap();
+        let mut files = staged.into_iter().map(|s| match s {
+            Staged::File(f) => f,
+            _ => unreachable!(),
+        });
+        files.next().unwrap().put_in_place().unwrap();
+        if let super::super::file::Body::Local(temp) = files.next().unwrap().body {
+            temp.into_temp_path().keep().unwrap();
+        }
+        recover(&[&c.path, &p.path]).unwrap();
+        assert_eq!(std::fs::read_to_string(&c.path).unwrap(), "new c");
+    }
+
+    #[test]
+    fn a_planted_journal_moves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let (payload, config) = (
+            outside.path().join("payload"),
+            outside.path().join("config"),
+        );
+        std::fs::write(&payload, "payload").unwrap();
+        std::fs::write(&config, "config").unwrap();
+        let target = dir.path().join("x.csv");
+        let plant = |entries: serde_json::Value| {
+            std::fs::write(Journal::path(&target), entries.to_string()).unwrap();
+            recover(&[&target]).unwrap_err().to_string()
+        };
+        let err = plant(serde_json::json!([{"temp": payload, "target": config, "token": null}]));
+        assert!(
+            err.contains("not a commit journal export-events wrote"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), "config");
+        let err = plant(serde_json::json!([{"temp": "../x", "target": "x.csv", "token": null}]));
+        assert!(err.contains("is not a file name"), "{err}");
+        std::fs::write(dir.path().join("victim"), "v").unwrap();
+        let err = plant(serde_json::json!([{"temp": "victim", "target": "x.csv", "token": null}]));
+        assert!(err.contains("is not a temporary of"), "{err}");
+        assert!(dir.path().join("victim").exists() && !target.exists());
+        let planted = dir.path().join(".x.csv.abcdef.tmp");
+        std::fs::write(&planted, "p").unwrap();
+        let link = Journal::path(&target);
+        std::fs::remove_file(&link).unwrap();
+        let real = outside.path().join("journal");
+        std::fs::write(
+            &real,
+            serde_json::json!([{"temp": ".x.csv.abcdef.tmp", "target": "x.csv", "token": null}])
+                .to_string(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = recover(&[&target]).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
     }
 }

@@ -71,9 +71,14 @@ impl CsvSink {
                 }
                 match column {
                     Values::Int64(a) => w.write_field(ints.format(a.value(row)))?,
-                    Values::Timestamp(a) => {
+                    Values::Timestamp(a, naive) => {
                         self.field.clear();
                         self.timestamps.push(&mut self.field, a.value(row));
+                        // A naive value (USE_TZ = False) has no offset: `str()` of a naive
+                        // datetime.
+                        if *naive && self.field.ends_with(b"+00:00") {
+                            self.field.truncate(self.field.len() - b"+00:00".len());
+                        }
                         w.write_field(&self.field)?;
                     }
                     Values::Text(a) => w.write_field(a.value(row))?,
@@ -114,7 +119,8 @@ impl Sink for CsvSink {
 /// One column of a batch, typed by what its text is.
 enum Values<'a> {
     Int64(&'a PrimitiveArray<Int64Type>),
-    Timestamp(&'a PrimitiveArray<TimestampMicrosecondType>),
+    /// With whether it is naive (no time zone).
+    Timestamp(&'a PrimitiveArray<TimestampMicrosecondType>, bool),
     Text(&'a StringArray),
     /// Strings as DuckDB may hand them over.
     TextView(&'a StringViewArray),
@@ -125,8 +131,8 @@ impl<'a> Values<'a> {
     fn of(array: &'a dyn Array, name: &str) -> Result<Self> {
         Ok(match array.data_type() {
             DataType::Int64 => Values::Int64(array.as_primitive()),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                Values::Timestamp(array.as_primitive())
+            DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+                Values::Timestamp(array.as_primitive(), tz.is_none())
             }
             DataType::Utf8 => Values::Text(array.as_string()),
             DataType::Utf8View => Values::TextView(array.as_string_view()),
@@ -138,7 +144,7 @@ impl<'a> Values<'a> {
     fn is_null(&self, row: usize) -> bool {
         match self {
             Values::Int64(a) => a.is_null(row),
-            Values::Timestamp(a) => a.is_null(row),
+            Values::Timestamp(a, _) => a.is_null(row),
             Values::Text(a) => a.is_null(row),
             Values::TextView(a) => a.is_null(row),
             Values::Bool(a) => a.is_null(row),

@@ -3,18 +3,19 @@
 //! synced, and swapped in at commit (`commit::commit_all`).
 //!
 //! Rows arrive in the export's order, so each partition's rows come together: by day and month
-//! because the export is ordered by time, by rule because a rule-partitioned export is read
-//! ordered by rule first. One part file is open at a time per format, whatever the number of
-//! partitions, so memory stays flat; a partition rolls over to `part-1`, ... at
-//! `--max-rows-per-file`. A partition that comes back later (two rules with one name) gets the
-//! next part number. Within a file rows stay newest first.
+//! because the export is ordered by time, by rule because a rule-partitioned export (and an
+//! incremental run into one) is read ordered by rule id first, with the id as an extra last
+//! column that the files do not get. One part file is open at a time per format, whatever the
+//! number of partitions, so memory stays flat; a partition rolls over to `part-1`, ... at
+//! `--max-rows-per-file`. A partition that comes back later gets the next part number. Within a
+//! file rows stay newest first.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use arrow::array::{Array, AsArray as _};
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{Int64Type, SchemaRef, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 use chrono::DateTime;
 
@@ -24,7 +25,8 @@ use super::commit::{create_new, Staged};
 use super::file::{beside, folder_of, Written};
 use super::format::{Encoding, Format};
 use super::object_dir::ObjectDir;
-use super::{Sink, Target};
+use super::{Sink, Target, DATASET_MARKER as MARKER};
+use crate::model;
 
 /// What a dataset is split by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,16 +35,18 @@ pub enum PartitionBy {
     Day,
     /// The event's UTC month: `month=2026-02`.
     Month,
-    /// The rule's name: `rule=...`, escaped as Hive does.
+    /// The rule's id: `rule_id=17` (the name, up to 1,020 bytes, would not fit a folder
+    /// name; it stays a column).
     Rule,
 }
 
 impl PartitionBy {
-    /// The model column the partition is computed from.
+    /// The column of the batches the partition is computed from (for rules, one the query adds
+    /// after the model's: [`model::RULE_ID`]).
     fn column(self) -> &'static str {
         match self {
             PartitionBy::Day | PartitionBy::Month => "timestamp",
-            PartitionBy::Rule => "rule",
+            PartitionBy::Rule => model::RULE_ID,
         }
     }
 }
@@ -56,10 +60,6 @@ pub struct AtomicDir {
     /// Removes the folder unless it was put in place.
     cleanup: Option<tempfile::TempDir>,
 }
-
-/// The marker inside a staged folder, holding its token: tells a new dataset from the one it
-/// replaced when a killed commit is completed.
-const MARKER: &str = ".export-events-staged";
 
 impl AtomicDir {
     /// Starts a dataset for `target`; nothing at `target` changes until it is committed.
@@ -143,7 +143,6 @@ impl AtomicDir {
     pub fn put_in_place(mut self) -> std::io::Result<()> {
         let kept = self.cleanup.take().map(tempfile::TempDir::keep);
         swap_in(&self.path, &self.target)?;
-        let _ = std::fs::remove_file(self.target.join(MARKER));
         if self.path.exists() {
             std::fs::remove_dir_all(&self.path)?;
         }
@@ -158,7 +157,6 @@ impl AtomicDir {
         if staged(temp).as_deref() == Some(token) {
             swap_in(temp, target)?;
         }
-        let _ = std::fs::remove_file(target.join(MARKER));
         if temp.exists() {
             std::fs::remove_dir_all(temp)?;
         }
@@ -207,7 +205,6 @@ pub struct DatasetSink {
     schema: SchemaRef,
     encoding: Encoding,
     by: PartitionBy,
-    column: usize,
     max_rows: u64,
     mode: u32,
     /// The open part: its partition, sink and rows so far.
@@ -226,9 +223,6 @@ impl DatasetSink {
         by: PartitionBy,
         max_rows: u64,
     ) -> Result<Self> {
-        let column = schema
-            .index_of(by.column())
-            .with_context(|| format!("the export has no {} column", by.column()))?;
         let dir = match &target.remote {
             Some(bucket) => Parts::Object(ObjectDir::create(target, bucket)?),
             None => Parts::Local(AtomicDir::create(target)?),
@@ -239,7 +233,6 @@ impl DatasetSink {
             schema,
             encoding: *encoding,
             by,
-            column,
             max_rows: max_rows.max(1),
             mode: target.mode,
             current: None,
@@ -309,7 +302,11 @@ impl DatasetSink {
     /// Where in `batch` each partition's rows start, and the partition's folder name: rows of one
     /// partition come together, so the name is made once a run, not once a row.
     fn runs(&self, batch: &RecordBatch) -> Result<Vec<(usize, String)>> {
-        let array = batch.column(self.column);
+        let column = batch
+            .schema()
+            .index_of(self.by.column())
+            .with_context(|| format!("the export has no {} column", self.by.column()))?;
+        let array = batch.column(column);
         let mut runs = Vec::new();
         match self.by {
             PartitionBy::Day | PartitionBy::Month => {
@@ -336,18 +333,15 @@ impl DatasetSink {
                 }
             }
             PartitionBy::Rule => {
-                let value = |row: usize| -> Option<&str> {
-                    if array.is_null(row) {
-                        None
-                    } else if let Some(strings) = array.as_string_opt::<i32>() {
-                        Some(strings.value(row))
-                    } else {
-                        Some(array.as_string_view().value(row))
-                    }
-                };
+                let ids = array
+                    .as_primitive_opt::<Int64Type>()
+                    .context("a rule id is a BIGINT")?;
+                let value = |row: usize| (!ids.is_null(row)).then(|| ids.value(row));
                 for row in 0..batch.num_rows() {
                     if row == 0 || value(row) != value(row - 1) {
-                        runs.push((row, format!("rule={}", hive_escape(value(row)))));
+                        let id =
+                            value(row).map_or_else(|| NULL_PARTITION.into(), |v| v.to_string());
+                        runs.push((row, format!("{}={id}", model::RULE_ID)));
                     }
                 }
             }
@@ -362,6 +356,12 @@ const DAY: i64 = 86_400_000_000;
 impl Sink for DatasetSink {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
         let runs = self.runs(batch)?;
+        // The files hold the model's columns; what the query added to split by goes no further.
+        let columns = self.schema.fields().len();
+        let batch = &match batch.num_columns() > columns {
+            true => batch.project(&(0..columns).collect::<Vec<_>>())?,
+            false => batch.clone(),
+        };
         for (i, (start, key)) in runs.iter().enumerate() {
             let end = runs.get(i + 1).map_or(batch.num_rows(), |(next, _)| *next);
             self.write_run(key, &batch.slice(*start, end - start))?;
@@ -379,39 +379,5 @@ impl Sink for DatasetSink {
     }
 }
 
-/// A partition value as Hive writes it in a folder name: `%XX` for control characters and
-/// `"#%'*/:=?\{[]^` and DEL; `__HIVE_DEFAULT_PARTITION__` for NULL or empty.
-pub fn hive_escape(value: Option<&str>) -> String {
-    let Some(value) = value.filter(|v| !v.is_empty()) else {
-        return "__HIVE_DEFAULT_PARTITION__".into();
-    };
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        let special = matches!(
-            c,
-            '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
-        );
-        if special || c.is_ascii_control() {
-            out.push_str(&format!("%{:02X}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_values_are_escaped_as_hive_does() {
-        assert_eq!(hive_escape(Some("Temp > 30")), "Temp > 30");
-        assert_eq!(hive_escape(Some("a/b=c:d")), "a%2Fb%3Dc%3Ad");
-        assert_eq!(hive_escape(Some("line\nbreak")), "line%0Abreak");
-        assert_eq!(hive_escape(Some("100%")), "100%25");
-        assert_eq!(hive_escape(Some("湿度")), "湿度");
-        assert_eq!(hive_escape(None), "__HIVE_DEFAULT_PARTITION__");
-        assert_eq!(hive_escape(Some("")), "__HIVE_DEFAULT_PARTITION__");
-    }
-}
+/// Hive's folder value for NULL.
+const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";

@@ -243,6 +243,22 @@ pub(super) fn is_temporary_of(file: &str, target: &Path) -> bool {
     random.is_some_and(|r| r.len() == TEMP_RANDOM && r.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// The target a hidden file beside it belongs to, from its name without the leading dot: a
+/// temporary (`NAME.XXXXXX.tmp`, `NAME.previous.XXXXXX.tmp`), a commit journal
+/// (`NAME.commit`) or a lock (`NAME.lock`).
+pub fn target_of_hidden(hidden: &str) -> Option<&str> {
+    if let Some(name) = hidden
+        .strip_suffix(".commit")
+        .or_else(|| hidden.strip_suffix(".lock"))
+    {
+        return Some(name);
+    }
+    let rest = hidden.strip_suffix(TEMP_SUFFIX)?;
+    let (rest, random) = rest.rsplit_once('.')?;
+    let valid = random.len() == TEMP_RANDOM && random.bytes().all(|b| b.is_ascii_alphanumeric());
+    valid.then(|| rest.strip_suffix(".previous").unwrap_or(rest))
+}
+
 pub(super) fn temp_prefix(target: &Path) -> String {
     format!(".{}.", file_name(target))
 }
@@ -251,4 +267,28 @@ pub(super) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_files_name_their_target() {
+        assert_eq!(target_of_hidden("x.csv.abc123.tmp"), Some("x.csv"));
+        assert_eq!(target_of_hidden("x.csv.previous.abc123.tmp"), Some("x.csv"));
+        assert_eq!(
+            target_of_hidden("x.csv.manifest.json.Ab9xYz.tmp"),
+            Some("x.csv.manifest.json")
+        );
+        assert_eq!(target_of_hidden("x.csv.commit"), Some("x.csv"));
+        assert_eq!(target_of_hidden("x.csv.lock"), Some("x.csv"));
+        assert_eq!(target_of_hidden("x.csv.toolong7.tmp"), None);
+        assert_eq!(target_of_hidden("export-events-dataset"), None);
+        assert!(is_temporary_of(".x.csv.abc123.tmp", Path::new("/o/x.csv")));
+        assert!(!is_temporary_of(
+            ".x.csv.gz.abc123.tmp",
+            Path::new("/o/x.csv")
+        ));
+    }
 }

@@ -52,18 +52,6 @@ pub struct Source {
 }
 
 impl Source {
-    /// A PostgreSQL database, by its identity.
-    pub fn postgres(id: crate::source::identity::Identity) -> Self {
-        Self {
-            kind: "postgres".into(),
-            system_identifier: Some(id.system_identifier),
-            database: Some(id.database),
-            database_oid: Some(id.database_oid),
-            events_oid: Some(id.events_oid),
-            path: None,
-        }
-    }
-
     /// A DuckDB file.
     pub fn duckdb(path: &Path) -> Self {
         Self {
@@ -166,9 +154,40 @@ impl Manifest {
         serde_json::from_value(value).with_context(|| format!("reading {name}"))
     }
 
-    pub fn file_paths(&self, manifest: &Path) -> Vec<PathBuf> {
+    /// The paths of its files, each inside the manifest's folder: a manifest naming `../x`, an
+    /// absolute path or a path through a symlink is refused (manifests are read back from
+    /// shared folders; nothing outside the output is ever hashed or deleted on their word).
+    pub fn file_paths(&self, manifest: &Path) -> Result<Vec<PathBuf>> {
         let folder = manifest.parent().unwrap_or(Path::new("/"));
-        self.files.iter().map(|f| folder.join(&f.path)).collect()
+        self.confined(manifest, |name| crate::confine::inside(folder, name))
+    }
+
+    /// As [`Self::file_paths`] for a manifest in object storage (`manifest` is its key as a
+    /// path): keys under the manifest's prefix.
+    pub fn file_keys(&self, manifest: &Path) -> Result<Vec<PathBuf>> {
+        let folder = manifest.parent().unwrap_or(Path::new("/"));
+        self.confined(manifest, |name| {
+            crate::confine::relative(name).map(|r| folder.join(r))
+        })
+    }
+
+    fn confined(
+        &self,
+        manifest: &Path,
+        place: impl Fn(&str) -> Result<PathBuf, crate::confine::Refused>,
+    ) -> Result<Vec<PathBuf>> {
+        self.files
+            .iter()
+            .map(|f| {
+                place(&f.path).map_err(|e| {
+                    crate::error::UsageError(format!(
+                        "manifest {} names {e}: refusing it",
+                        manifest.display()
+                    ))
+                    .into()
+                })
+            })
+            .collect()
     }
 }
 

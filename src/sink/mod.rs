@@ -21,9 +21,16 @@ pub mod threaded;
 use anyhow::Result;
 use arrow::record_batch::RecordBatch;
 
-pub use commit::{commit_all, recover, Staged};
+pub use commit::{commit_all, recover, replace, Staged};
 pub use file::{AtomicFile, Written};
 pub use target::Target;
+
+/// The marker inside every dataset folder (or prefix) export-events writes, holding the token
+/// of the run that staged it: tells a new dataset from the one it replaced when a killed commit
+/// is completed, and a folder of ours (which a later run may replace) from anyone else's, even
+/// with no manifest beside it (the second format's folder, or a commit killed after the old
+/// manifest was removed). Readers skip it: hidden, and no data file's extension.
+pub const DATASET_MARKER: &str = ".export-events-dataset";
 
 /// An output format being written: takes batches in order, then hands back its finished file.
 pub trait Sink: Send {

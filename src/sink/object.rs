@@ -411,8 +411,9 @@ impl Pending {
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("creating {}", folder.display()))?;
         let path = local_name(&self.url, &format!("{}.upload", short(&self.id)));
-        let mut file =
-            std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+        // Owner-only, never through a symlink at its name.
+        let mut file = super::commit::create_new(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
         file.write_all(serde_json::to_string(self)?.as_bytes())?;
         file.sync_all()?;
         Ok(path)
@@ -432,7 +433,10 @@ pub fn recover(bucket: &Bucket, url: &str) -> Result<usize> {
     let mut aborted = 0;
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "upload") {
+        // Only this user's notes are acted on: the folder is trusted no further than that.
+        if path.extension().is_none_or(|e| e != "upload")
+            || crate::confine::owned_by_us(&path).is_err()
+        {
             continue;
         }
         let Ok(pending) = std::fs::read_to_string(&path)
@@ -447,10 +451,13 @@ pub fn recover(bucket: &Bucket, url: &str) -> Result<usize> {
         if !(rest.is_empty() || rest.starts_with('/')) {
             continue;
         }
-        let key = pending
+        let Some(key) = pending
             .url
             .strip_prefix(&format!("s3://{}/", bucket.name))
-            .unwrap_or_default();
+            .filter(|key| crate::confine::relative(key).is_ok())
+        else {
+            continue;
+        };
         match runtime().block_on(bucket.store.abort_multipart(&object_key(key), &pending.id)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                 let _ = std::fs::remove_file(&path);

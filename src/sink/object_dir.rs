@@ -3,7 +3,7 @@
 //! commit and completed there; the manifest, removed before and written last, is what readers
 //! key on. The previous dataset's objects that the new one does not overwrite are removed after
 //! the new manifest is in place. A prefix holding objects export-events did not write (no
-//! manifest beside it) is refused, so nothing else is ever removed.
+//! manifest beside it, no marker inside) is refused, so nothing else is ever removed.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -30,7 +30,8 @@ impl ObjectDir {
         let prefix = target.key();
         let previous = bucket.list(&prefix)?;
         let manifest = key_of(&manifest::path_of(&target.path));
-        if !previous.is_empty() && !bucket.exists(&manifest)? {
+        let ours = previous.contains(&marker_key(target)) || bucket.exists(&manifest)?;
+        if !previous.is_empty() && !ours {
             return Err(UsageError(format!(
                 "--output {} holds objects export-events did not write (no {} beside it): \
                  choose another prefix, or empty it",
@@ -70,9 +71,20 @@ impl ObjectDir {
     }
 
     /// Completes every part (a few at a time), then removes what the previous dataset had
-    /// that this one has not.
+    /// that this one has not. The marker goes first: a commit killed after some parts are
+    /// complete (the old manifest already removed) leaves a prefix the next run knows as ours.
     pub fn put_in_place(self) -> std::io::Result<()> {
-        let new: HashSet<String> = self.files.iter().map(|f| key_of(&f.target)).collect();
+        let bucket = self
+            .target
+            .remote
+            .as_ref()
+            .expect("an object storage dataset");
+        let marker = marker_key(&self.target);
+        bucket
+            .put(&marker, Vec::new())
+            .map_err(std::io::Error::other)?;
+        let mut new: HashSet<String> = self.files.iter().map(|f| key_of(&f.target)).collect();
+        new.insert(marker);
         let mut files = self.files;
         while !files.is_empty() {
             let batch: Vec<AtomicFile> = files.drain(..files.len().min(16)).collect();
@@ -87,14 +99,14 @@ impl ObjectDir {
                 })
             })?;
         }
-        let bucket = self
-            .target
-            .remote
-            .as_ref()
-            .expect("an object storage dataset");
         for key in self.previous.iter().filter(|k| !new.contains(*k)) {
             bucket.delete(key).map_err(std::io::Error::other)?;
         }
         Ok(())
     }
+}
+
+/// The key of a remote dataset's marker ([`super::DATASET_MARKER`]).
+fn marker_key(target: &Target) -> String {
+    format!("{}/{}", target.key(), super::DATASET_MARKER)
 }

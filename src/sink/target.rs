@@ -207,7 +207,8 @@ impl Target {
         Ok(target)
     }
 
-    /// Refuses a dataset path that holds a file, or a folder export-events did not write.
+    /// Refuses a dataset path that holds a file, or a folder export-events did not write (it
+    /// has neither a manifest beside it nor the marker inside that every dataset of ours has).
     pub fn check_dataset(path: &Path) -> Result<(), UsageError> {
         if path.is_file() {
             return Err(UsageError(format!(
@@ -215,7 +216,9 @@ impl Target {
                 path.display()
             )));
         }
-        let ours = crate::sink::manifest::path_of(path).is_file();
+        let marked =
+            std::fs::symlink_metadata(path.join(super::DATASET_MARKER)).is_ok_and(|m| m.is_file());
+        let ours = marked || crate::sink::manifest::path_of(path).is_file();
         let empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
         if path.is_dir() && !ours && !empty {
             return Err(UsageError(format!(

@@ -27,7 +27,10 @@ const EXPORT_MEMORY_LIMIT: &str = "128MB";
 /// Server settings for our sessions (unless the connection string sets `options` itself): no
 /// JIT compilation, which PostgreSQL chooses for the export query by its cost estimate and
 /// which only costs us (compiling takes longer than it saves on a streaming scan).
-const SESSION_OPTIONS: &str = "-c jit=off";
+/// And UTC as the session's time zone: a `timestamp without time zone` column (a Hub with
+/// `USE_TZ = False`) is read, and compared with `--since`, as wall-clock time in UTC, whatever
+/// the server's default.
+const SESSION_OPTIONS: &str = "-c jit=off -c TimeZone=UTC";
 /// The start of the panic message duckdb-rs raises when fetching a streamed batch fails.
 const FETCH_PANIC: &str = "Failed to fetch Arrow record batch";
 

@@ -17,6 +17,20 @@ pub struct Identity {
     pub events_oid: u32,
 }
 
+impl Identity {
+    /// The database, as a manifest names its source.
+    pub fn manifest_source(self) -> crate::sink::manifest::Source {
+        crate::sink::manifest::Source {
+            kind: "postgres".into(),
+            system_identifier: Some(self.system_identifier),
+            database: Some(self.database),
+            database_oid: Some(self.database_oid),
+            events_oid: Some(self.events_oid),
+            path: None,
+        }
+    }
+}
+
 /// The identity of the attached PostgreSQL database, and the snapshot of the current
 /// transaction (`pg_current_snapshot()`): call it inside the transaction that reads.
 pub fn read(engine: &Engine) -> Result<(Identity, String)> {

@@ -13,8 +13,9 @@ pub mod settings;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
+use crate::model::Zone;
 use engine::{Access, Engine};
 use query::Dialect;
 use settings::Source;
@@ -26,18 +27,21 @@ pub struct Opened {
     pub dialect: Dialect,
     /// For messages: `the PostgreSQL database (settings from DATABASE_URL)`.
     pub described: String,
+    /// How its `events.timestamp` keeps time (Django's `USE_TZ`), from the catalog.
+    pub zone: Zone,
 }
 
 /// Attaches the source read-only and checks that it has the tables an export reads. The demo
 /// must have been made a DuckDB file first (`fixtures::demo`).
 pub fn open(source: &Source) -> Result<Opened> {
-    let opened = match source {
+    let mut opened = match source {
         Source::Postgres(pg) => Opened {
             engine: Engine::postgres(pg, Access::ReadOnly)?
                 .bound_memory()?
                 .single_threaded()?,
             dialect: Dialect::Postgres,
             described: format!("the PostgreSQL database (settings from {})", pg.origin),
+            zone: Zone::Aware,
         },
         Source::DuckDbFile(path) => duckdb_file(path, format!("DuckDB file {}", path.display()))?,
         Source::Demo => anyhow::bail!("the demo database is opened as a DuckDB file"),
@@ -47,7 +51,28 @@ pub fn open(source: &Source) -> Result<Opened> {
         &opened.described,
         opened.dialect == Dialect::Postgres,
     )?;
+    opened.zone = zone(&opened.engine, opened.dialect)?;
     Ok(opened)
+}
+
+/// How the source's `events.timestamp` keeps time: its type in the catalog.
+pub fn zone(engine: &Engine, dialect: Dialect) -> Result<Zone> {
+    let sql = match dialect {
+        Dialect::Postgres => query::in_postgres(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'events'::regclass AND attname = 'timestamp'",
+        ),
+        Dialect::DuckDb => format!(
+            "SELECT data_type FROM information_schema.columns WHERE table_catalog = \
+             '{}' AND table_name = 'events' AND column_name = 'timestamp'",
+            engine::CATALOG
+        ),
+    };
+    let name: String = engine
+        .connection()
+        .query_row(&sql, [], |row| row.get(0))
+        .context("reading the type of events.timestamp")?;
+    Ok(Zone::of_type(&name))
 }
 
 fn duckdb_file(path: &Path, described: String) -> Result<Opened> {
@@ -57,5 +82,6 @@ fn duckdb_file(path: &Path, described: String) -> Result<Opened> {
             .attach_duckdb(path, Access::ReadOnly)?,
         dialect: Dialect::DuckDb,
         described,
+        zone: Zone::Aware,
     })
 }

@@ -73,8 +73,14 @@ pub fn for_each_batch(
     let (sender, spooled) = channel::<Result<Spooled>>();
     let mut readers: Vec<JoinHandle<()>> = Vec::new();
     let mut result = (|| -> Result<u64> {
+        // A server, role or database out of connections (another client took the last one
+        // since the plan counted them) means fewer readers, not a failed export.
         for _ in 1..jobs.max(1) {
-            readers.push(start_reader(engine, &shared, sender.clone())?);
+            match start_reader(engine, &shared, sender.clone()) {
+                Ok(reader) => readers.push(reader),
+                Err(e) if is_connection_refused(&e) => break,
+                Err(e) => return Err(e),
+            }
         }
         let first = shared.windows.first().context("a plan has a window")?;
         let mut rows = engine.for_each_batch(first, |batch| {
@@ -84,9 +90,15 @@ pub fn for_each_batch(
         // This connection's share of the reading is done: a reader takes its place. Only the
         // readers hold senders from here, so a reader that dies ends the wait below.
         if shared.windows.len() > 1 {
-            readers.push(start_reader(engine, &shared, sender)?);
-        } else {
-            drop(sender);
+            match start_reader(engine, &shared, sender) {
+                Ok(reader) => readers.push(reader),
+                Err(e) if is_connection_refused(&e) && readers.is_empty() => {
+                    // No second connection at all: this one reads the rest, in order.
+                    return Ok(rows + read_rest_here(engine, &shared, &mut each)?);
+                }
+                Err(e) if is_connection_refused(&e) => {}
+                Err(e) => return Err(e),
+            }
         }
         rows += replay(&shared, &spooled, &mut each)?;
         Ok(rows)
@@ -111,6 +123,35 @@ pub fn for_each_batch(
         let _ = end_transaction(engine, false);
     }
     result
+}
+
+/// Reads every window not yet taken on the caller's connection, in order, straight to `each`.
+fn read_rest_here(
+    engine: &Engine,
+    shared: &Shared,
+    each: &mut impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<u64> {
+    let mut rows = 0;
+    loop {
+        let index = shared.next.fetch_add(1, Ordering::SeqCst);
+        let Some(sql) = shared.windows.get(index) else {
+            return Ok(rows);
+        };
+        rows += engine.for_each_batch(sql, |batch| each(batch))?;
+    }
+}
+
+/// Whether starting a reader failed because the server refused another connection (its, the
+/// role's or the database's limit).
+fn is_connection_refused(error: &anyhow::Error) -> bool {
+    let text = error.chain().map(ToString::to_string).collect::<String>();
+    [
+        "too many connections",
+        "too many clients",
+        "remaining connection slots are reserved",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 /// Commits a reader's read that succeeded. After a failure the connection is abandoned, not

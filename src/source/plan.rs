@@ -92,11 +92,21 @@ struct Statistics {
 impl Statistics {
     /// One query: the row estimate, the free connections and the timestamp histogram.
     fn read(engine: &Engine) -> Result<Self> {
+        // The server's, the role's and the database's limits (managed PostgreSQL sets the
+        // latter two); a superuser's role limit is not enforced.
         let sql = in_postgres(
-            "SELECT greatest(c.reltuples, 0)::bigint, \
-             current_setting('max_connections')::int \
-             - current_setting('superuser_reserved_connections')::int \
-             - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
+            "SELECT greatest(c.reltuples, 0)::bigint, least(\
+               current_setting('max_connections')::int \
+               - current_setting('superuser_reserved_connections')::int \
+               - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
+               (SELECT CASE WHEN r.rolconnlimit < 0 OR r.rolsuper THEN 2147483647 \
+                 ELSE r.rolconnlimit - (SELECT count(*) FROM pg_stat_activity \
+                   WHERE backend_type = 'client backend' AND usename = session_user) END \
+                FROM pg_roles AS r WHERE r.rolname = session_user), \
+               (SELECT CASE WHEN d.datconnlimit < 0 THEN 2147483647 \
+                 ELSE d.datconnlimit - (SELECT count(*) FROM pg_stat_activity \
+                   WHERE backend_type = 'client backend' AND datname = current_database()) END \
+                FROM pg_database AS d WHERE d.datname = current_database())), \
              (SELECT string_agg((extract(epoch FROM b) * 1000000)::bigint::text, ',' \
                                 ORDER BY b) \
               FROM pg_stats, unnest(histogram_bounds::text::timestamptz[]) AS b \

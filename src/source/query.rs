@@ -28,13 +28,26 @@ pub fn events(since: Option<DateTime<Utc>>, dialect: Dialect) -> String {
 }
 
 /// The export query ordered by rule first (then newest first), for a dataset partitioned by
-/// rule: each rule's rows come together. PostgreSQL walks its `rule_id` index.
+/// rule: each rule's rows come together, with [`model::RULE_ID`] last. PostgreSQL walks its
+/// `rule_id` index.
 pub fn events_by_rule(since: Option<DateTime<Utc>>, dialect: Dialect) -> String {
-    let sql = select_sql(dialect, &filter(since), "").replace(
+    passed_through(
+        by_rule(select_sql(dialect, &filter(since), &rule_id())),
+        dialect,
+    )
+}
+
+/// `, e.rule_id::BIGINT AS rule_id`.
+fn rule_id() -> String {
+    format!(", e.rule_id::BIGINT AS {}", model::RULE_ID)
+}
+
+/// `sql` ordered by rule first.
+fn by_rule(sql: String) -> String {
+    sql.replace(
         "ORDER BY e.\"timestamp\" DESC",
         "ORDER BY e.rule_id, e.\"timestamp\" DESC",
-    );
-    passed_through(sql, dialect)
+    )
 }
 
 /// Which row versions an incremental run exports: those written by the transactions of its
@@ -54,8 +67,16 @@ pub struct Window {
 }
 
 /// The SQL of an incremental run: the export query restricted to `window`. PostgreSQL only.
-pub fn changed_events(window: &Window) -> String {
+/// `by_rule_first`: ordered by rule first, with [`model::RULE_ID`] last, for a dataset partitioned by rule
+/// (in time order every change of rule would start a new part file).
+pub fn changed_events(window: &Window, by_rule_first: bool) -> String {
     let mut conditions = filter(window.since);
+    let rule = if by_rule_first {
+        rule_id()
+    } else {
+        String::new()
+    };
+    let order = |sql: String| if by_rule_first { by_rule(sql) } else { sql };
     let Some(start_age) = window.start_age else {
         // A first run reads (nearly) every row: walking the timestamp index in PostgreSQL and
         // dropping the rows of later transactions in DuckDB, as they stream, beats letting
@@ -63,18 +84,26 @@ pub fn changed_events(window: &Window) -> String {
         let inner = select_sql(
             Dialect::Postgres,
             &conditions,
-            ", age(e.xmin)::BIGINT AS xmin_age",
+            &format!("{rule}, age(e.xmin)::BIGINT AS xmin_age"),
         );
+        let outer = if by_rule_first {
+            format!(", {}", model::RULE_ID)
+        } else {
+            String::new()
+        };
         return format!(
-            "SELECT {} FROM ({}) WHERE xmin_age > {}",
+            "SELECT {}{outer} FROM ({}) WHERE xmin_age > {}",
             model::names(),
-            passed_through(inner, Dialect::Postgres),
+            passed_through(order(inner), Dialect::Postgres),
             window.end_age
         );
     };
     conditions.push(format!("age(e.xmin) > {}", window.end_age));
     conditions.push(format!("age(e.xmin) <= {start_age}"));
-    select(Dialect::Postgres, &conditions)
+    passed_through(
+        order(select_sql(Dialect::Postgres, &conditions, &rule)),
+        Dialect::Postgres,
+    )
 }
 
 fn select(dialect: Dialect, conditions: &[String]) -> String {
@@ -237,20 +266,34 @@ mod tests {
             start_age: Some(3_000),
             since: None,
         };
-        let sql = changed_events(&window);
+        let sql = changed_events(&window, false);
         assert!(
             sql.contains("WHERE age(e.xmin) > 12 AND age(e.xmin) <= 3000\nORDER BY"),
             "{sql}"
         );
         window.start_age = None;
         window.since = Some(Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap());
-        let sql = changed_events(&window);
+        let sql = changed_events(&window, false);
         assert!(
             sql.starts_with("SELECT \"id\", \"timestamp\", \"rule\""),
             "{sql}"
         );
         assert!(sql.contains("AS xmin_age\nFROM events"), "{sql}");
         assert!(sql.ends_with("e.id DESC')) WHERE xmin_age > 12"), "{sql}");
+        // Partitioned by rule: each rule's changes together, its id last.
+        let sql = changed_events(&window, true);
+        assert!(sql.contains(", rule_id FROM (SELECT"), "{sql}");
+        assert!(
+            sql.contains("ORDER BY e.rule_id, e.\"timestamp\" DESC"),
+            "{sql}"
+        );
+        window.start_age = Some(3_000);
+        let sql = changed_events(&window, true);
+        assert!(sql.contains("e.rule_id::BIGINT AS rule_id\nFROM"), "{sql}");
+        assert!(
+            sql.contains("ORDER BY e.rule_id, e.\"timestamp\" DESC"),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl PgConnection {
         } else {
             keyvalue_password(conninfo)
         };
+        secrets.iter().for_each(|s| crate::error::keep_secret(s));
         Ok(Self {
             conninfo: conninfo.to_owned(),
             origin,
@@ -107,6 +108,14 @@ impl PgConnection {
         format!("{} options={}", self.conninfo, quote(options))
             .trim_start()
             .to_owned()
+    }
+
+    /// Adds `secret` to what this connection (and every message of the process) masks.
+    fn keep_secret(&mut self, secret: Option<&str>) {
+        if let Some(secret) = secret {
+            crate::error::keep_secret(secret);
+            self.secrets.push(secret.to_owned());
+        }
     }
 
     /// `text` with every password this connection knows of masked.
@@ -201,8 +210,7 @@ pub fn resolve_postgres(flag: Option<&str>, env: &Env) -> Result<PgConnection, U
             .filter_map(|(key, word)| env.get(key).map(|v| format!("{word}={}", quote(v))))
             .collect();
         let mut conn = PgConnection::new(&pairs.join(" "), "DB_* settings")?;
-        conn.secrets
-            .extend(env.get("DB_PASSWORD").map(str::to_owned));
+        conn.keep_secret(env.get("DB_PASSWORD"));
         return Ok(conn);
     }
     if PG_KEYS.iter().any(|key| env.process.contains_key(*key)) {
@@ -212,7 +220,7 @@ pub fn resolve_postgres(flag: Option<&str>, env: &Env) -> Result<PgConnection, U
             origin: "PG* variables",
             secrets: vec![],
         };
-        conn.secrets.extend(env.process.get("PGPASSWORD").cloned());
+        conn.keep_secret(env.process.get("PGPASSWORD").map(String::as_str));
         return Ok(conn);
     }
     Err(UsageError(

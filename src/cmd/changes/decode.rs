@@ -177,7 +177,9 @@ impl Decoder {
                 }
                 out.push(&change)?;
             }
-            "rules" if op != Op::Delete => {
+            // A deleted rule has no events left (they reference it); nothing to write.
+            "rules" if op == Op::Delete => {}
+            "rules" => {
                 let id: i64 = row
                     .text("id")
                     .context("a rule without id")?
@@ -191,7 +193,14 @@ impl Decoder {
                 }
                 self.rules.insert(id, rule);
             }
-            _ => {}
+            // Never dropped silently: a change the feed cannot place would be lost.
+            other => bail!(
+                "pgoutput: a change of table {}.{other}, which the change feed cannot place (it \
+                 follows events and rules; a partition's changes must come through its root): \
+                 recreate the slot with --create-slot, which publishes partitions through the \
+                 root",
+                relation.namespace
+            ),
         }
         Ok(())
     }
@@ -286,9 +295,16 @@ fn timestamp(text: &str) -> Result<i64> {
         "-infinity" => return Ok(i64::MIN),
         _ => {}
     }
-    let parsed = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").with_context(|| {
-        format!("timestamp {text:?} is not in PostgreSQL's ISO format (DateStyle ISO)")
-    })?;
+    let invalid =
+        || format!("timestamp {text:?} is not in PostgreSQL's ISO format (DateStyle ISO)");
+    // A `timestamp without time zone` (USE_TZ = False) has no offset: its wall clock, as UTC.
+    let tail = &text.as_bytes()[text.len().saturating_sub(6)..];
+    if !tail.iter().any(|b| matches!(b, b'+' | b'-')) {
+        let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+            .with_context(invalid)?;
+        return Ok(naive.and_utc().timestamp_micros());
+    }
+    let parsed = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").with_context(invalid)?;
     Ok(parsed.timestamp_micros())
 }
 
@@ -308,6 +324,15 @@ mod tests {
         );
         assert_eq!(timestamp("1969-12-31 23:59:59.999999+00").unwrap(), -1);
         assert_eq!(timestamp("infinity").unwrap(), i64::MAX);
+        // Naive (USE_TZ = False): the wall clock as UTC.
+        assert_eq!(
+            timestamp("2026-01-01 00:00:00.5").unwrap(),
+            1_767_225_600_500_000
+        );
+        assert_eq!(
+            timestamp("2026-01-01 05:30:00").unwrap(),
+            1_767_245_400_000_000
+        );
         assert!(timestamp("Thu Jan 01 00:00:00 2026 UTC").is_err());
     }
 

@@ -11,6 +11,7 @@ use super::nats::{Nats, Publishing};
 use super::pgoutput::Lsn;
 use crate::cli::ChangesArgs;
 use crate::context::Context;
+use crate::model::Zone;
 use crate::sink::format::Encoding;
 use crate::sink::object;
 use crate::sink::target::{Target, DEFAULT_MODE};
@@ -25,26 +26,36 @@ pub enum Destination {
         formats: Vec<&'static crate::sink::format::Format>,
         encoding: Encoding,
         mode: u32,
+        /// How the table keeps its timestamp (Django's USE_TZ).
+        zone: Zone,
     },
     Nats(Box<Nats>),
 }
 
 impl Destination {
-    /// `--to nats://...` or the `--output` folder (checked, nothing written yet).
-    pub fn open(ctx: &Context, args: &ChangesArgs) -> Result<Self> {
+    /// `--to nats://...` or the `--output` folder, for the feed `scope` (its server, database
+    /// and slot): a subject or folder that holds another feed's changes is refused, never
+    /// shared silently.
+    pub fn open(ctx: &Context, args: &ChangesArgs, scope: &str, zone: Zone) -> Result<Self> {
         if let Some(url) = &args.to {
             return Ok(Self::Nats(Box::new(Nats::connect(
                 url,
                 &args.subject,
                 args.stream.as_deref(),
                 args.create_stream,
+                scope,
+                zone,
             )?)));
         }
+        let folder = Self::folder(ctx, args)?;
+        let mode = args.output.mode.unwrap_or(DEFAULT_MODE);
+        files::claim(&folder.clone().with_mode(mode), scope)?;
         Ok(Self::Files {
-            folder: Self::folder(ctx, args)?,
+            folder,
             formats: args.output.format.0.clone(),
             encoding: Context::encoding(&args.output, None)?,
-            mode: args.output.mode.unwrap_or(DEFAULT_MODE),
+            mode,
+            zone,
         })
     }
 
@@ -87,7 +98,10 @@ impl Destination {
                 formats,
                 encoding,
                 mode,
-            } => Batch::Files(ChangeFiles::create(folder, from, formats, encoding, *mode)?),
+                zone,
+            } => Batch::Files(ChangeFiles::create(
+                folder, from, formats, encoding, *mode, *zone,
+            )?),
             Self::Nats(nats) => Batch::Nats(nats.batch()),
         })
     }

@@ -17,7 +17,8 @@ use arrow::record_batch::RecordBatch;
 
 use super::decode::Changes;
 use super::pgoutput::Lsn;
-use crate::model::{self, Kind};
+use crate::error::UsageError;
+use crate::model::{self, Kind, Zone};
 use crate::sink::format::{Encoding, Format};
 use crate::sink::{self, object, Sink, Staged, Target};
 
@@ -50,11 +51,14 @@ pub enum Value {
     Bool(bool),
 }
 
-/// The path of the file for changes in `[from, to)` in `format`.
-pub fn path(folder: &Path, from: Lsn, to: Lsn, format: &Format) -> PathBuf {
+/// The path of the file for changes in `[from, to)` in `format`, named for its encoding
+/// (`.csv.gz` when gzip-compressed).
+pub fn path(folder: &Path, from: Lsn, to: Lsn, format: &Format, encoding: &Encoding) -> PathBuf {
     folder.join(format!(
         "changes_{:016X}_{:016X}.{}",
-        from.0, to.0, format.extension
+        from.0,
+        to.0,
+        format.file_extension(encoding)
     ))
 }
 
@@ -62,6 +66,52 @@ pub fn path(folder: &Path, from: Lsn, to: Lsn, format: &Format) -> PathBuf {
 fn hidden(path: &Path) -> PathBuf {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!(".{name}"))
+}
+
+/// The marker of a change files folder: which feed writes there.
+const OWNER: &str = ".export-events-changes.json";
+
+/// Claims `folder` for the feed `scope`, or refuses it when another feed (another server,
+/// database or slot) writes there: its files would be taken for this feed's, and removed as
+/// unconfirmed by the LSNs of another slot. A folder without the marker (new, or written by an
+/// earlier version) is claimed.
+pub fn claim(folder: &Target, scope: &str) -> Result<()> {
+    let marker = folder.at(folder.path.join(OWNER));
+    let text = match &folder.remote {
+        Some(bucket) => match bucket.exists(&marker.key())? {
+            true => Some(String::from_utf8_lossy(&bucket.read(&marker.key())?).into_owned()),
+            false => None,
+        },
+        None => match std::fs::symlink_metadata(&marker.path) {
+            Ok(meta) if meta.is_file() => Some(
+                std::fs::read_to_string(&marker.path)
+                    .with_context(|| format!("reading {}", marker.path.display()))?,
+            ),
+            Ok(_) => anyhow::bail!(UsageError(format!(
+                "{} is not a file export-events wrote: remove it, or choose another --output",
+                marker.path.display()
+            ))),
+            Err(_) => None,
+        },
+    };
+    let owner = text.as_deref().map(|t| {
+        serde_json::from_str::<serde_json::Value>(t)
+            .ok()
+            .and_then(|v| v.get("source").and_then(|s| s.as_str()).map(str::to_owned))
+            .unwrap_or_default()
+    });
+    match owner {
+        Some(owner) if owner == scope => Ok(()),
+        Some(owner) => anyhow::bail!(UsageError(format!(
+            "{} holds the change files of another feed ({owner:?}; this one is {scope:?}: \
+             server-database-slot): give each database and slot its own --output",
+            folder.shown()
+        ))),
+        None => {
+            let text = serde_json::json!({ "source": scope });
+            sink::replace(&marker, format!("{text:#}\n").as_bytes())
+        }
+    }
 }
 
 /// Removes the files (and partial files) of runs that wrote changes from `from` on but were
@@ -110,6 +160,7 @@ pub struct ChangeFiles {
     schema: SchemaRef,
     builders: Vec<Builder>,
     folder: Target,
+    encoding: Encoding,
     from: Lsn,
     rows: u64,
 }
@@ -122,15 +173,16 @@ impl ChangeFiles {
         formats: &[&'static Format],
         encoding: &Encoding,
         mode: u32,
+        zone: Zone,
     ) -> Result<Self> {
-        let schema = model::change_schema();
+        let schema = model::change_schema(zone);
         let sinks = formats
             .iter()
             .map(|format| {
                 // A provisional name: the temporary file starts with `.changes_<from>_`, which
                 // `remove_unconfirmed` knows. In object storage, where the upload's key is
                 // fixed, it is that hidden name, copied to the final one at the end.
-                let provisional = path(&folder.path, from, Lsn(0), format);
+                let provisional = path(&folder.path, from, Lsn(0), format, encoding);
                 let target = match &folder.remote {
                     Some(_) => folder.at(hidden(&provisional)),
                     None => Target::resolve(Some(&provisional), "", Path::new("/"))?,
@@ -144,6 +196,7 @@ impl ChangeFiles {
             builders: builders(),
             schema,
             folder: folder.clone(),
+            encoding: *encoding,
             from,
             rows: 0,
         })
@@ -154,8 +207,10 @@ impl ChangeFiles {
             return Ok(());
         }
         let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), columns).context("a batch of change rows")?;
+        // Built as instants; typed as the table keeps its timestamp (naive with USE_TZ = False).
+        let built = RecordBatch::try_new(model::change_schema(Zone::Aware), columns)
+            .context("a batch of change rows")?;
+        let batch = model::conform(&built, &self.schema)?;
         for (sink, _) in &mut self.sinks {
             sink.write_batch(&batch)?;
         }
@@ -172,7 +227,7 @@ impl ChangeFiles {
         let mut files = Vec::with_capacity(self.sinks.len());
         let mut paths = Vec::with_capacity(self.sinks.len());
         for (sink, format) in self.sinks {
-            let path = path(&self.folder.path, self.from, to, format);
+            let path = path(&self.folder.path, self.from, to, format, &self.encoding);
             let Staged::File(mut file) = sink.close()? else {
                 anyhow::bail!("a change file is a file");
             };
@@ -181,6 +236,7 @@ impl ChangeFiles {
             paths.push(self.folder.at(path).shown().into());
         }
         sink::commit_all(files)?;
+        crate::cancel::committed();
         Ok(paths)
     }
 }

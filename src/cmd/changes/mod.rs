@@ -60,7 +60,8 @@ pub fn run(ctx: &Context, args: &ChangesArgs) -> Result<()> {
     } else {
         Mode::Cancel
     })?;
-    let dest = Destination::open(ctx, args)?;
+    let zone = crate::source::zone(&engine, crate::source::query::Dialect::Postgres)?;
+    let dest = Destination::open(ctx, args, &feed.scope()?, zone)?;
     // One run per slot: another one could confirm and then see its file removed as unconfirmed.
     let _lock = RunLock::acquire(
         &dest.lock_path(&args.slot),

@@ -1,16 +1,24 @@
 //! Delivery to NATS JetStream (`changes --to nats://host:4222 --subject iot.events.changes`),
 //! through the official client `async-nats`: one message a change, JSON with the change file's
 //! columns plus its position in its transaction, and a `Nats-Msg-Id` header unique to the change
-//! (`<commit LSN>:<position>`), so that JetStream drops a message published twice. A batch
+//! and to the feed (`<server>-<database>-<slot>:<commit LSN>:<position>`: an LSN means something
+//! only within one server and slot), so that JetStream drops a message published twice. A batch
 //! counts as delivered when the stream has acknowledged every message of it; only then is the
 //! slot confirmed.
 //!
 //! A run starts from the slot's confirmed position, which can be behind what the stream already
 //! holds (a run killed after publishing, before confirming). JetStream's duplicate window covers
 //! that only for a while, so a run also reads the id of the last message on the subject and
-//! skips changes up to it: each change is in the stream once, however long the gap.
+//! skips this feed's changes up to it. That is exact only if the stream holds a prefix of what
+//! was published, so every message states the stream's sequence it expects to follow
+//! (`Nats-Expected-Last-Sequence`): one lost inside a chunk published back to back makes every
+//! later one of the run rejected, never stored past a gap. The stream must therefore take this
+//! feed's messages only (`--create-stream` makes such a stream); a subject whose last message is
+//! another feed's is refused, and a stream another publisher writes to during a run stops the
+//! run with an error, never silently.
 
 use std::future::IntoFuture as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -22,7 +30,7 @@ use super::decode::Changes;
 use super::files::Value;
 use super::pgoutput::Lsn;
 use crate::error::UsageError;
-use crate::model;
+use crate::model::{self, Zone};
 use crate::runtime::runtime;
 
 /// Messages published together: sent back to back, then their acknowledgements awaited, in
@@ -33,14 +41,27 @@ const CHUNK: usize = 2_048;
 pub struct Nats {
     js: jetstream::Context,
     subject: String,
-    /// The id of the last change the stream holds on the subject.
+    /// The feed's scope, first part of every message id.
+    scope: String,
+    /// The id of this feed's last change the stream holds on the subject.
     last: Option<(Lsn, u64)>,
+    /// The stream's last sequence: the next message must follow it.
+    sequence: AtomicU64,
+    /// How the table keeps its timestamp: a naive one is written without `Z`.
+    zone: Zone,
 }
 
 impl Nats {
     /// Connects to `url` and finds the stream taking `subject`, creating it (named `stream`)
     /// when `create`; reads the last change it holds.
-    pub fn connect(url: &str, subject: &str, stream: Option<&str>, create: bool) -> Result<Self> {
+    pub fn connect(
+        url: &str,
+        subject: &str,
+        stream: Option<&str>,
+        create: bool,
+        scope: &str,
+        zone: Zone,
+    ) -> Result<Self> {
         if !url.starts_with("nats://") && !url.starts_with("tls://") {
             bail!(UsageError(format!(
                 "--to {url}: give a NATS server URL, such as nats://127.0.0.1:4222"
@@ -77,21 +98,33 @@ impl Nats {
                      --create-stream to have export-events create it"
                 ))),
             };
-            let found = js
+            let mut found = js
                 .get_stream(&name)
                 .await
                 .with_context(|| format!("opening JetStream stream {name}"))?;
+            let sequence = found
+                .info()
+                .await
+                .with_context(|| format!("reading JetStream stream {name}"))?
+                .state
+                .last_sequence;
             let last = match found.get_last_raw_message_by_subject(subject).await {
-                Ok(message) => message
-                    .headers
-                    .get("Nats-Msg-Id")
-                    .and_then(|id| parse_id(id.as_str())),
+                Ok(message) => {
+                    let id = message
+                        .headers
+                        .get("Nats-Msg-Id")
+                        .map(|v| v.as_str().to_owned());
+                    resume_point(id.as_deref(), scope, subject)?
+                }
                 Err(_) => None,
             };
             Ok::<_, anyhow::Error>(Self {
                 js,
                 subject: subject.to_owned(),
+                scope: scope.to_owned(),
                 last,
+                sequence: AtomicU64::new(sequence),
+                zone,
             })
         })
     }
@@ -124,10 +157,33 @@ fn stream_name(subject: &str) -> String {
         .collect()
 }
 
-/// `16/B374D848:12` → (LSN, position).
-fn parse_id(id: &str) -> Option<(Lsn, u64)> {
-    let (lsn, position) = id.rsplit_once(':')?;
-    Some((lsn.parse().ok()?, position.parse().ok()?))
+/// `scope:16/B374D848:12` → (scope, LSN, position); ids of earlier versions have no scope.
+fn parse_id(id: &str) -> Option<(Option<&str>, Lsn, u64)> {
+    let mut parts = id.rsplitn(3, ':');
+    let position = parts.next()?.parse().ok()?;
+    let lsn = parts.next()?.parse().ok()?;
+    Some((parts.next(), lsn, position))
+}
+
+/// Where this feed resumes on `subject`, from the id of the last message there: after it when
+/// it is this feed's (or an earlier version's, which had no scope); the subject is refused when
+/// it is another feed's, or not a change at all.
+fn resume_point(id: Option<&str>, scope: &str, subject: &str) -> Result<Option<(Lsn, u64)>> {
+    let refuse = |whose: String| {
+        UsageError(format!(
+            "subject {subject} already holds {whose}, not this feed's ({scope}): give each \
+             database and slot its own --subject (and stream)"
+        ))
+    };
+    match id.map(|id| (id, parse_id(id))) {
+        None => Err(refuse("messages without export-events ids".into()).into()),
+        Some((_, Some((None, lsn, position)))) => Ok(Some((lsn, position))),
+        Some((_, Some((Some(owner), lsn, position)))) if owner == scope => {
+            Ok(Some((lsn, position)))
+        }
+        Some((_, Some((Some(owner), ..)))) => Err(refuse(format!("the changes of {owner}")).into()),
+        Some((id, None)) => Err(refuse(format!("a message with id {id:?}")).into()),
+    }
 }
 
 /// The changes of a batch on their way to the stream.
@@ -150,25 +206,42 @@ impl Publishing<'_> {
         Ok((self.rows - self.skipped, self.skipped))
     }
 
-    /// Publishes the pending messages and waits for every acknowledgement.
+    /// Publishes the pending messages back to back, each expecting the stream's sequence the
+    /// one before it got, and waits for every acknowledgement.
     fn send(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        let (js, subject) = (&self.nats.js, &self.nats.subject);
+        let nats = self.nats;
         runtime().block_on(async {
             let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(pending.len());
-            for (id, payload) in pending {
+            let first = nats.sequence.load(Ordering::SeqCst);
+            for (expected, (id, payload)) in (first..).zip(pending) {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", id.as_str());
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, payload.into())
+                headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+                let ack = nats
+                    .js
+                    .publish_with_headers(nats.subject.clone(), headers, payload.into())
                     .await
                     .context("publishing a change to JetStream")?;
                 acks.push(ack);
             }
             for ack in acks {
-                ack.into_future()
-                    .await
-                    .context("JetStream did not acknowledge a change")?;
+                let ack = ack.into_future().await.map_err(|e| {
+                    let text = e.to_string();
+                    match text.contains("wrong last sequence") {
+                        true => anyhow!(
+                            "the stream of subject {} took a message that is not this feed's, or \
+                             lost one, during the run ({text}): nothing after it was stored; \
+                             give the feed a stream of its own and run again",
+                            nats.subject
+                        ),
+                        false => anyhow!(e).context("JetStream did not acknowledge a change"),
+                    }
+                })?;
+                // A duplicate did not move the stream (and broke the chain after it).
+                if !ack.duplicate {
+                    nats.sequence.store(ack.sequence, Ordering::SeqCst);
+                }
             }
             Ok(())
         })
@@ -198,11 +271,19 @@ impl Changes for Publishing<'_> {
         }
         let mut object = Map::with_capacity(row.len() + 1);
         for (name, value) in self.names.iter().zip(row) {
-            object.insert((*name).to_owned(), json(value));
+            let mut value = json(value);
+            // USE_TZ = False: the event's wall-clock time, without an offset.
+            if (self.nats.zone, *name) == (Zone::Naive, "timestamp") {
+                if let Json::String(text) = &mut value {
+                    text.truncate(text.trim_end_matches('Z').len());
+                }
+            }
+            object.insert((*name).to_owned(), value);
         }
         object.insert("position".into(), position.into());
         let payload = serde_json::to_vec(&object)?;
-        self.pending.push((format!("{lsn}:{position}"), payload));
+        let id = format!("{}:{lsn}:{position}", self.nats.scope);
+        self.pending.push((id, payload));
         if self.pending.len() >= CHUNK {
             self.send()?;
         }
@@ -237,12 +318,43 @@ mod tests {
 
     #[test]
     fn ids_and_stream_names() {
-        assert_eq!(parse_id("16/B374D848:12"), Some((Lsn(0x16_B374_D848), 12)));
+        assert_eq!(
+            parse_id("16/B374D848:12"),
+            Some((None, Lsn(0x16_B374_D848), 12))
+        );
+        assert_eq!(
+            parse_id("771-5-nightly:16/B374D848:12"),
+            Some((Some("771-5-nightly"), Lsn(0x16_B374_D848), 12))
+        );
         assert_eq!(parse_id("x"), None);
         assert_eq!(stream_name("iot.events.changes"), "IOT_EVENTS_CHANGES");
         assert_eq!(
             json(&Value::Timestamp(1_000_000)),
             Json::from("1970-01-01T00:00:01.000000Z")
         );
+    }
+
+    #[test]
+    fn a_subject_of_another_feed_is_refused() {
+        let ours = "771-5-nightly";
+        let at = |id| resume_point(Some(id), ours, "s");
+        assert_eq!(at("771-5-nightly:0/10:3").unwrap(), Some((Lsn(0x10), 3)));
+        assert_eq!(
+            at("0/10:3").unwrap(),
+            Some((Lsn(0x10), 3)),
+            "an earlier version's"
+        );
+        let err = at("999-5-nightly:0/10:3").unwrap_err().to_string();
+        assert!(err.contains("the changes of 999-5-nightly"), "{err}");
+        assert!(at("hello").is_err());
+        assert!(resume_point(None, ours, "s").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_never_panic(id in "\\PC{0,40}") {
+            let _ = parse_id(&id);
+            let _ = resume_point(Some(&id), "a-1-s", "s");
+        }
     }
 }

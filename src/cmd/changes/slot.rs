@@ -2,11 +2,11 @@
 //! it exists, drop it, show its lag, read its confirmed position; PostgreSQL's errors turned into
 //! what to change (a setting, a privilege, a missing slot).
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::pgoutput::Lsn;
 use crate::error::UsageError;
-use crate::sink::target::{key_of, Target};
+use crate::sink::target::{Target, DEFAULT_MODE};
 use crate::source::engine::{literal, Engine, CATALOG};
 use crate::source::query::in_postgres;
 use crate::source::settings::PgConnection;
@@ -38,19 +38,38 @@ pub struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    /// The publication of both tables, named after the slot, unless it exists.
+    /// The publication of both tables, named after the slot, unless it exists. A partitioned
+    /// `events` table (partitions by month at scale) publishes its changes through the root,
+    /// under the name `events`, not under each partition's: an existing publication is set so.
     pub fn ensure_publication(&self) -> Result<()> {
-        let exists = self.query_one::<i64>(&format!(
-            "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
+        let via_root = self.query_one::<i64>(&format!(
+            "SELECT coalesce(max(pubviaroot::int), -1) FROM pg_publication WHERE pubname = '{}'",
             self.slot
-        ))? > 0;
-        if !exists {
-            self.execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE events, rules",
+        ))?;
+        match via_root {
+            -1 => self.execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE events, rules \
+                 WITH (publish_via_partition_root = true)",
                 self.slot
-            ))?;
+            ))?,
+            0 => self.execute(&format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                self.slot
+            ))?,
+            _ => {}
         }
         Ok(())
+    }
+
+    /// Who writes this feed, for ids and markers that must never be taken for another
+    /// feed's: the server's system identifier, the database's OID and the slot
+    /// (`7712251575486687360-16384-nightly`). LSNs mean something only within one of these.
+    pub fn scope(&self) -> Result<String> {
+        let server = self.query_one::<String>(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '-' || \
+             (SELECT oid FROM pg_database WHERE datname = current_database())::text",
+        )?;
+        Ok(format!("{server}-{}", self.slot))
     }
 
     /// The slot, created through SQL (no snapshot to take an initial export in); its LSN.
@@ -73,17 +92,8 @@ impl Feed<'_> {
             "created_at": chrono::Utc::now().to_rfc3339(),
             "initial_export": initial,
         });
-        let text = format!("{text:#}\n").into_bytes();
-        match &folder.remote {
-            Some(bucket) => bucket.put(&key_of(&record), text)?,
-            None => {
-                std::fs::create_dir_all(&folder.path)
-                    .with_context(|| format!("creating folder {}", folder.path.display()))?;
-                std::fs::write(&record, text)
-                    .with_context(|| format!("writing {}", record.display()))?;
-            }
-        }
-        Ok(())
+        // Whole, owner-only (the folder's --mode), never through a symlink at its name.
+        crate::sink::replace(&folder.at(record), format!("{text:#}\n").as_bytes())
     }
 
     /// The server's WAL position now.
@@ -115,11 +125,8 @@ impl Feed<'_> {
             "confirmed": lsn.to_string(),
             "at": chrono::Utc::now().to_rfc3339(),
         });
-        let path = self.note_path();
-        if let Some(folder) = path.parent() {
-            let _ = std::fs::create_dir_all(folder);
-        }
-        let _ = std::fs::write(path, note.to_string());
+        let note_file = Target::owned(self.note_path(), DEFAULT_MODE);
+        let _ = crate::sink::replace(&note_file, note.to_string().as_bytes());
     }
 
     fn note_path(&self) -> std::path::PathBuf {

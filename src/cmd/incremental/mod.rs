@@ -28,12 +28,12 @@ use crate::cancel::{self, Mode};
 use crate::cli::ExportArgs;
 use crate::context::Context;
 use crate::error::UsageError;
-use crate::fault;
 use crate::lock::RunLock;
 use crate::model;
 use crate::pipeline::{self, Exported, Layout};
 use crate::progress::Progress;
-use crate::retention::TIME;
+use crate::retention::{self, TIME};
+use crate::sink::dataset::PartitionBy;
 use crate::sink::format::Encoding;
 use crate::sink::format::Format;
 use crate::sink::manifest::{self, Manifest};
@@ -43,6 +43,7 @@ use crate::source::identity;
 use crate::source::plan::Plan;
 use crate::source::query::{self, in_postgres, Dialect, Window};
 use crate::source::settings::Source;
+use crate::{confine, fault};
 use state::{Identity, LastRun, State, DEFAULT_STATE};
 
 /// Where each run's files go without `--output`; `{time}` is the run's UTC time.
@@ -57,6 +58,16 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     let targets = targets(ctx, args, &encoding)?;
     let state_target =
         Target::resolve_flag("--state", args.state.as_deref(), DEFAULT_STATE, &ctx.cwd)?;
+    // The cursor is loaded, locked and recovered as a local file; in object storage it was
+    // saved but never read back (every run exported everything). Refused until it is whole.
+    if state_target.remote.is_some() {
+        bail!(UsageError(format!(
+            "--state {}: the state file must be a local file (its lock and atomic replace are \
+             local); keep it on this machine, for example --state exports/.export-events-state.json, \
+             while the files go to object storage",
+            state_target.shown()
+        )));
+    }
     let source = ctx.source(args.duckdb.as_deref(), args.demo)?;
     let Source::Postgres(pg) = &source else {
         bail!(UsageError(
@@ -65,8 +76,10 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
                 .into()
         ));
     };
+    // Before the lock, so that SIGINT ends a --wait as well.
+    cancel::install(Mode::Cancel)?;
     let _lock = lock(&state_target.path, ctx)?;
-    sink::recover(&state_target.path)?;
+    sink::recover(&[&state_target.path])?;
     let previous = if args.reset_state {
         None
     } else {
@@ -80,17 +93,18 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
             state_target.path.display()
         )));
     }
-    cancel::install(Mode::Cancel)?;
     pipeline::check_remote(&targets)?;
 
-    let engine = crate::source::open(&source)?.engine;
+    let opened = crate::source::open(&source)?;
+    let (engine, zone) = (opened.engine, opened.zone);
     // DuckDB's transaction is a REPEATABLE READ one in PostgreSQL: one snapshot for all below.
     run_sql(&engine, "BEGIN TRANSACTION")?;
     let snapshot = Snapshot::read(&engine)?;
     let mut state = match previous {
         Some(previous) => {
             previous.check_source(&snapshot.source, &state_target.path)?;
-            remove_leftovers(&previous.pending, ctx.quiet)?;
+            let leftovers = leftovers(&previous.pending, &state_target.path, &targets[0].0, ctx)?;
+            remove_leftovers(&leftovers, ctx.quiet)?;
             previous
         }
         None => State::empty(snapshot.source.clone()),
@@ -120,8 +134,11 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     };
     let (rows, files) = pipeline::write_files(
         &engine,
-        &Plan::Serial(query::changed_events(&window)),
-        model::event_schema(),
+        &Plan::Serial(query::changed_events(
+            &window,
+            args.partition_by == Some(PartitionBy::Rule),
+        )),
+        model::event_schema(zone),
         &targets,
         &encoding,
         layout,
@@ -134,7 +151,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
         pipeline::commit(&targets, files, |output, written| {
             Manifest::new(
                 output,
-                manifest::Source::postgres(identity),
+                identity.manifest_source(),
                 since,
                 Some(snapshot.text.clone()),
                 args.partition_by.map(|b| format!("{b:?}").to_lowercase()),
@@ -160,6 +177,50 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     Ok(Exported { rows, paths })
 }
 
+/// The files of an interrupted run that the state names, checked: the state file is read back
+/// from a folder others may write, so it must be this user's, and each entry a run file of this
+/// output's template (its name, a stamp, in the folder of this run's files, through no symlink).
+/// Anything else is refused before anything is deleted.
+fn leftovers(
+    pending: &[String],
+    state: &Path,
+    first: &Target,
+    ctx: &Context,
+) -> Result<Vec<String>> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refuse = |why: String| {
+        UsageError(format!(
+            "state file {} {why}: it was not written by export-events for this output; fix \
+             --output or --state, or pass --reset-state to start over",
+            state.display()
+        ))
+    };
+    confine::owned_by_us(state).map_err(|e| refuse(e.0))?;
+    let shown = first.shown();
+    let (folder, name) = shown.rsplit_once('/').unwrap_or(("", &shown));
+    let prefix = &name[..name.find(&ctx.stamp()).unwrap_or(0)];
+    pending
+        .iter()
+        .map(|entry| {
+            let (entry_folder, entry_name) = entry.rsplit_once('/').unwrap_or(("", entry));
+            let run_file = entry_folder == folder && retention::is_run_file(entry_name, prefix);
+            if !run_file {
+                return Err(refuse(format!(
+                    "names {entry:?}, which is not a file of the runs of {}",
+                    shown.replace(&ctx.stamp(), TIME)
+                )));
+            }
+            if first.remote.is_none() {
+                confine::absolute_in(Path::new(folder), entry).map_err(|e| refuse(e.0))?;
+            }
+            Ok(entry.clone())
+        })
+        .collect::<Result<_, UsageError>>()
+        .map_err(Into::into)
+}
+
 /// Removes what an interrupted run may have written, finished or not: its rows are exported
 /// again. The lock is held, so no other run is writing these files.
 fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
@@ -178,9 +239,7 @@ fn remove_leftovers(pending: &[String], quiet: bool) -> Result<()> {
             say(url);
         }
     }
-    for path in local.iter().map(Path::new) {
-        sink::recover(path)?;
-    }
+    sink::recover(&local.iter().map(Path::new).collect::<Vec<_>>())?;
     for path in local.iter().map(Path::new).filter(|p| p.exists()) {
         say(&path.display().to_string());
         let removed = if path.is_dir() {

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
-use crate::sink::{self, AtomicFile, Target};
+use crate::sink::{self, Target};
 pub use crate::source::identity::Identity;
 
 /// Where the state goes without `--state`.
@@ -125,11 +125,10 @@ fn parse(text: &str, path: &Path) -> Result<State, UsageError> {
 
 /// Replaces the state at `target` atomically and durably.
 pub fn save(target: &Target, state: &State) -> Result<()> {
-    let mut file = AtomicFile::create(target)?;
-    serde_json::to_writer_pretty(&mut file, state)
-        .with_context(|| format!("writing state file {}", target.path.display()))?;
-    std::io::Write::write_all(&mut file, b"\n")?;
-    sink::commit_all(vec![sink::Staged::File(file)]).map(drop)
+    let mut text = serde_json::to_vec_pretty(state)?;
+    text.push(b'\n');
+    sink::replace(target, &text)
+        .with_context(|| format!("writing state file {}", target.path.display()))
 }
 
 #[cfg(test)]

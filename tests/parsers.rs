@@ -1,0 +1,101 @@
+//! Every parser of input the tool does not control, fed what a hostile or broken peer could send:
+//! `--since`, connection strings and URLs, `s3://` URLs, `--format` lists, manifests, and the
+//! replication stream's pgoutput messages. Whatever comes, the answer is a value or an error,
+//! never a panic. (Properties run by proptest in CI; the same functions are what a cargo-fuzz
+//! target would call.)
+
+use export_events::cmd::changes::pgoutput;
+use export_events::sink::manifest::Manifest;
+use export_events::source::conninfo::Params;
+use export_events::source::settings::PgConnection;
+use export_events::{since, sink};
+use proptest::prelude::*;
+
+/// Text made of the characters these parsers split on, and some of anything.
+fn texty() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "\\PC{0,60}",
+        "[a-z0-9:/@?&=%.+ '\\\\-]{0,60}",
+        "(postgres|postgresql|s3)://[a-z0-9:/@?&=%.+'\\\\-]{0,40}",
+    ]
+}
+
+/// JSON values shaped like manifests, with every field possibly of the wrong type.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        "\\PC{0,20}".prop_map(serde_json::Value::from),
+        Just(serde_json::Value::from("export-events manifest")),
+        Just(serde_json::Value::from("../../etc/passwd")),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("kind".to_owned()),
+                    Just("version".to_owned()),
+                    Just("files".to_owned()),
+                    Just("path".to_owned()),
+                    Just("rows".to_owned()),
+                    "[a-z_]{1,8}",
+                ],
+                inner,
+                0..6,
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn since_never_panics(text in texty()) {
+        let _ = since::parse(&text, chrono::Utc::now());
+    }
+
+    #[test]
+    fn connection_strings_never_panic(text in texty()) {
+        if let Ok(pg) = PgConnection::new(&text, "--database-url") {
+            let _ = pg.redact(&text);
+            let _ = pg.conninfo_with_options("-c jit=off");
+        }
+        let _ = Params::parse(&text, &|_| None);
+    }
+
+    #[test]
+    fn object_urls_and_format_lists_never_panic(text in texty()) {
+        let _ = sink::object::parse(&text);
+        let _ = sink::registry::parse(&text);
+    }
+
+    #[test]
+    fn manifests_never_panic(value in json_value(), raw in "\\PC{0,80}") {
+        let mut value = value;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("kind".into(), "export-events manifest".into());
+        }
+        if let Ok(manifest) = Manifest::parse(&value.to_string(), "m") {
+            // Whatever it lists, the paths stay inside the manifest's folder or are refused.
+            let folder = std::path::Path::new("/nonexistent/out");
+            if let Ok(paths) = manifest.file_paths(&folder.join("x.manifest.json")) {
+                prop_assert!(paths.iter().all(|p| p.starts_with(folder)));
+            }
+        }
+        let _ = Manifest::parse(&raw, "m");
+    }
+
+    #[test]
+    fn pgoutput_messages_never_panic(
+        tag in prop::sample::select(b"BCRIUDTOYM".to_vec()),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut bytes = vec![tag];
+        bytes.extend(body);
+        let _ = pgoutput::decode(&bytes);
+    }
+}
