@@ -48,6 +48,11 @@ pub fn split_stamp(text: &str) -> Option<(&str, &str)> {
     Some((stamp, rest))
 }
 
+/// Whether `name` holds a `{time}` stamp anywhere: a run file of some template.
+pub fn has_stamp(name: &str) -> bool {
+    (0..name.len()).any(|at| name.get(at..).and_then(split_stamp).is_some())
+}
+
 /// Whether the file `name` is one of a run of the template whose file names start with
 /// `prefix` (the text before `{time}`): `prefix`, a stamp, then any name.
 pub fn is_run_file(name: &str, prefix: &str) -> bool {
@@ -268,6 +273,8 @@ mod tests {
         );
         assert!(!is_run_file("daily_x", "daily_"));
         assert!(!is_run_file("daily_2026é", "daily_"));
+        assert!(has_stamp("other_20261130T020000.123Z.parquet"));
+        assert!(!has_stamp("precious"));
     }
 
     #[test]

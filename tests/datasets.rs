@@ -58,8 +58,10 @@ fn a_day_partitioned_parquet_dataset_holds_the_single_files_rows() {
         "rollover: {files:?}"
     );
     assert!(
-        files.iter().all(|f| f.starts_with("date=")),
-        "Hive-style folders"
+        files
+            .iter()
+            .all(|f| f.starts_with("date=") || f == ".export-events-dataset"),
+        "Hive-style folders, and the hidden marker of a dataset export-events wrote"
     );
     let (single, dataset) = (
         dir.path().join("single.parquet").display().to_string(),
@@ -113,6 +115,7 @@ fn csv_datasets_concatenate_to_the_single_csv_newest_partition_first() {
         let mut partitions: Vec<String> = std::fs::read_dir(&root)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !name.starts_with('.'))
             .collect();
         partitions.sort();
         partitions.reverse();
@@ -146,32 +149,42 @@ fn csv_datasets_concatenate_to_the_single_csv_newest_partition_first() {
 }
 
 #[test]
-fn rule_partitions_are_escaped_as_hive_does_and_hold_only_their_rule() {
+fn rule_partitions_are_named_by_rule_id_and_hold_only_their_rule() {
     let db = TestDb::sample("ds_rule");
     let dir = scratch();
     export(dir.path(), &db, &["--partition-by", "rule", "-o", "rules"]).success();
-    let partitions: Vec<String> = tree(&dir.path().join("rules"))
+    let root = dir.path().join("rules");
+    let parts: Vec<String> = tree(&root)
         .into_iter()
-        .map(|f| f.split('/').next().unwrap().to_owned())
+        .filter(|f| !f.starts_with('.'))
         .collect();
-    for expected in [
-        "rule=Humidity, \"critical\"".replace('"', "%22"),
-        "rule=Two%0Alines".into(),
-        "rule=__HIVE_DEFAULT_PARTITION__".into(),
-        "rule=Température élevée — 温度".into(),
-    ] {
-        assert!(
-            partitions.contains(&expected),
-            "{expected} in {partitions:?}"
-        );
+    let partitions: std::collections::BTreeSet<&str> =
+        parts.iter().map(|f| f.split('/').next().unwrap()).collect();
+    // Every rule's name, awkward ones included (quotes, line breaks, empty, non-ASCII), is a
+    // column; the folders are the rules' ids.
+    let expected: std::collections::BTreeSet<String> =
+        (1..=10).map(|id| format!("rule_id={id}")).collect();
+    assert_eq!(
+        partitions,
+        expected.iter().map(String::as_str).collect(),
+        "{parts:?}"
+    );
+    let names: serde_json::Value =
+        serde_json::from_str(&db.value("SELECT json_object_agg(id, name) FROM rules")).unwrap();
+    let mut rows = 0;
+    for part in &parts {
+        let id = &part["rule_id=".len()..part.find('/').unwrap()];
+        let mut reader = csv::Reader::from_path(root.join(part)).unwrap();
+        for record in reader.records() {
+            let record = record.unwrap();
+            assert_eq!(
+                &record[2],
+                names[id].as_str().unwrap(),
+                "{part}: only rule {id}'s events"
+            );
+            rows += 1;
+        }
     }
-    let rows: usize = tree(&dir.path().join("rules"))
-        .iter()
-        .map(|f| {
-            let mut reader = csv::Reader::from_path(dir.path().join("rules").join(f)).unwrap();
-            reader.records().count()
-        })
-        .sum();
     assert_eq!(rows, 15);
 }
 

@@ -178,9 +178,10 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
 }
 
 /// The files of an interrupted run that the state names, checked: the state file is read back
-/// from a folder others may write, so it must be this user's, and each entry a run file of this
-/// output's template (its name, a stamp, in the folder of this run's files, through no symlink).
-/// Anything else is refused before anything is deleted.
+/// from a folder others may write, so it must be this user's, and each entry a run file: in
+/// this run's folder, one of this output's template (its prefix, then a stamp); elsewhere (the
+/// run before wrote to another folder, say a disk that was full) a name with a stamp; never
+/// through a symlink. Anything else is refused before anything is deleted.
 fn leftovers(
     pending: &[String],
     state: &Path,
@@ -205,15 +206,20 @@ fn leftovers(
         .iter()
         .map(|entry| {
             let (entry_folder, entry_name) = entry.rsplit_once('/').unwrap_or(("", entry));
-            let run_file = entry_folder == folder && retention::is_run_file(entry_name, prefix);
+            let normal = !entry.split('/').any(|part| part == "." || part == "..");
+            let run_file = normal
+                && match entry_folder == folder {
+                    true => retention::is_run_file(entry_name, prefix),
+                    false => retention::has_stamp(entry_name),
+                };
             if !run_file {
                 return Err(refuse(format!(
                     "names {entry:?}, which is not a file of the runs of {}",
                     shown.replace(&ctx.stamp(), TIME)
                 )));
             }
-            if first.remote.is_none() {
-                confine::absolute_in(Path::new(folder), entry).map_err(|e| refuse(e.0))?;
+            if object::parse(entry).is_none() {
+                confine::absolute_in(Path::new(entry_folder), entry).map_err(|e| refuse(e.0))?;
             }
             Ok(entry.clone())
         })
