@@ -187,7 +187,8 @@ fn a_pair_whose_recovery_is_interrupted_is_never_left_mixed() {
     let dir = scratch();
     let pair = ["--format", "parquet,csv", "-o", "x.parquet"];
     export(dir.path(), &db, &pair).success();
-    insert(&db, 3_000);
+    // Enough rows for many batches: the interrupted run below is stopped in its first one.
+    insert(&db, 30_000);
     let child = spawn_stopped_at(
         &mut export_cmd(dir.path(), &db, &pair),
         "commit.between-renames",
@@ -207,7 +208,7 @@ fn a_pair_whose_recovery_is_interrupted_is_never_left_mixed() {
         .records()
         .count();
     assert_eq!(
-        csv_rows, 3_015,
+        csv_rows, 30_015,
         "the CSV of the killed run, not the first one"
     );
 }
