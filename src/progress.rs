@@ -64,6 +64,8 @@ impl Progress {
             .progress_chars("=> ");
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(1000 / u64::from(REFRESH_HZ)));
+        // Drawn at once: an export shorter than a tick still shows what it counts towards.
+        bar.tick();
         Self { bar: Some(bar) }
     }
 
