@@ -14,6 +14,8 @@ fn on_a_terminal(dir: &std::path::Path, args: &str) -> String {
         .args(["-qefc", &format!("{bin} {args}"), "/dev/null"])
         .current_dir(dir)
         .env_remove("DATABASE_URL")
+        // A terminal that says what it is (without TERM, as under `env -i`, the bar is not drawn).
+        .env("TERM", "xterm")
         .output()
         .expect("script runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
