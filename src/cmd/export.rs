@@ -58,12 +58,18 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
     let opened = source::open(&source)?;
     let engine = &opened.engine;
     let _locks = pipeline::lock_targets(&targets, ctx.wait)?;
-    if let (Some(template), None) = (template.as_deref(), &targets[0].0.remote) {
-        let template = targets[0]
-            .0
-            .path
-            .with_file_name(template.file_name().unwrap_or_default());
-        pipeline::recover_template_runs(&template, &targets)?;
+    // `--output` as a template in the first target's folder: its runs are recovered and kept.
+    let template = template
+        .as_deref()
+        .filter(|t| t.to_string_lossy().contains(TIME))
+        .map(|t| {
+            targets[0]
+                .0
+                .path
+                .with_file_name(t.file_name().unwrap_or_default())
+        });
+    if let (Some(template), None) = (&template, &targets[0].0.remote) {
+        pipeline::recover_template_runs(template, &targets)?;
     }
     let postgres = opened.dialect == Dialect::Postgres;
     // PostgreSQL is read in one REPEATABLE READ transaction, whose snapshot the manifest names.
@@ -125,16 +131,9 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
     })?;
     progress.finish(rows);
     if let (true, Some(template)) = (keep.any(), &template) {
-        let first = &targets[0].0.path;
-        let template = first.with_file_name(
-            template
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
         retention::apply(
-            &template,
-            &manifest::path_of(first),
+            template,
+            &manifest::path_of(&targets[0].0.path),
             &keep,
             ctx.started,
             ctx.quiet,

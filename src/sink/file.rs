@@ -236,11 +236,18 @@ pub(super) const TEMP_RANDOM: usize = 6;
 /// Whether `file` is a temporary file of `target` (and not of a target whose name merely
 /// starts the same way, as `x.csv` starts `x.csv.gz`).
 pub(super) fn is_temporary_of(file: &str, target: &Path) -> bool {
-    let random = file
-        .strip_prefix(&temp_prefix(target))
-        .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
-        .map(|rest| rest.strip_prefix("previous.").unwrap_or(rest));
-    random.is_some_and(|r| r.len() == TEMP_RANDOM && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+    let name = file_name(target);
+    file.strip_prefix('.')
+        .and_then(temporary_stem)
+        .is_some_and(|stem| stem == name || stem.strip_suffix(".previous") == Some(&name))
+}
+
+/// `NAME` of a temporary's name without its leading dot, `NAME.XXXXXX.tmp` (for a file kept
+/// until a commit succeeds, `NAME` ends with `.previous`): the one reader of that format.
+fn temporary_stem(hidden: &str) -> Option<&str> {
+    let (stem, random) = hidden.strip_suffix(TEMP_SUFFIX)?.rsplit_once('.')?;
+    let valid = random.len() == TEMP_RANDOM && random.bytes().all(|b| b.is_ascii_alphanumeric());
+    valid.then_some(stem)
 }
 
 /// The target a hidden file beside it belongs to, from its name without the leading dot: a
@@ -253,10 +260,7 @@ pub fn target_of_hidden(hidden: &str) -> Option<&str> {
     {
         return Some(name);
     }
-    let rest = hidden.strip_suffix(TEMP_SUFFIX)?;
-    let (rest, random) = rest.rsplit_once('.')?;
-    let valid = random.len() == TEMP_RANDOM && random.bytes().all(|b| b.is_ascii_alphanumeric());
-    valid.then(|| rest.strip_suffix(".previous").unwrap_or(rest))
+    temporary_stem(hidden).map(|stem| stem.strip_suffix(".previous").unwrap_or(stem))
 }
 
 pub(super) fn temp_prefix(target: &Path) -> String {
