@@ -20,6 +20,7 @@ use crate::retention;
 use crate::sink::dataset::PartitionBy;
 use crate::sink::format::Compression;
 use crate::sink::registry::{self, Formats};
+use crate::source::plan::Read;
 
 /// Export the IoT Hub's events (joined to their rules) to CSV, newest first.
 ///
@@ -166,6 +167,18 @@ pub struct ExportArgs {
     /// ordered query.
     #[arg(long, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=64), usize::from))]
     pub jobs: Option<usize>,
+
+    /// How PostgreSQL serves a large export: `scan` reads the table sequentially in page ranges
+    /// on --jobs connections and sorts the rows here within --memory (spilled to disk beside
+    /// the output, or in $TMPDIR for s3://); `index` reads in order along the timestamp index;
+    /// `auto` picks by cost from the table's statistics.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Read::Auto)]
+    pub read: Read,
+
+    /// What the run may hold in memory while it sorts (256MB, 1GiB, ...); the rest waits on
+    /// disk.
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY, value_parser = parse_size)]
+    pub memory: u64,
 
     /// Write a partitioned dataset instead of one file: a folder with one subfolder per UTC
     /// day (date=2026-02-01), month (month=2026-02) or rule (rule=...), Hive-style.
@@ -322,6 +335,44 @@ pub enum Via {
     Sql,
 }
 
+/// `--memory` unless given.
+pub const DEFAULT_MEMORY: &str = "256MB";
+
+/// A size in bytes: a number with an optional unit (`k`/`KB`, `M`/`MB`, `G`/`GB`: powers of
+/// 1000; `KiB`, `MiB`, `GiB`: powers of 1024), at least 16 MB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit in {text:?}: use MB or GB, as in 256MB"
+            ))
+        }
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a size: write it as 256MB or 1GB"))?;
+    if bytes < 16_000_000 {
+        return Err(format!(
+            "{text} is too little to sort in: give at least 16MB"
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +410,16 @@ mod tests {
             panic!("changes")
         };
         assert_eq!(changes.output.format.0.len(), 2);
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_size("256MB"), Ok(256_000_000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size(" 64 mib"), Ok(64 << 20));
+        assert!(parse_size("1MB").unwrap_err().contains("at least 16MB"));
+        assert!(parse_size("12XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("99999999999999999999GB").is_err());
+        assert!(parse_size("").is_err());
     }
 }

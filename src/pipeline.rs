@@ -19,9 +19,9 @@ use crate::sink::manifest::{self, Manifest};
 use crate::sink::target::key_of;
 use crate::sink::{self, object, threaded::Writers, Staged, Target, Written};
 use crate::source::engine::Engine;
-use crate::source::parallel;
 use crate::source::plan::Plan;
 use crate::source::query::{self, Dialect};
+use crate::source::{parallel, scan};
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,17 +229,18 @@ pub fn write_files(
         crate::fault::point("export.streaming");
         Ok(())
     };
+    let (first, _) = targets.first().context("an export has a target")?;
+    // Rows read ahead wait beside the output; for object storage, in $TMPDIR.
+    let spool = match first.remote {
+        Some(_) => std::env::temp_dir().join(first.path.file_name().unwrap_or_default()),
+        None => first.path.clone(),
+    };
     let rows = match plan {
         Plan::Serial(sql) => engine.for_each_batch(sql, each)?,
         Plan::Windows { queries, jobs } => {
-            let (first, _) = targets.first().context("an export has a target")?;
-            // Windows read ahead wait beside the output; for object storage, in $TMPDIR.
-            let spool = match first.remote {
-                Some(_) => std::env::temp_dir().join(first.path.file_name().unwrap_or_default()),
-                None => first.path.clone(),
-            };
             parallel::for_each_batch(engine, queries, *jobs, &spool, each)?
         }
+        Plan::Scan(plan) => scan::for_each_batch(engine, plan, &spool, progress, each)?,
     };
     Ok((rows, writers.close()?))
 }

@@ -69,6 +69,16 @@ impl Progress {
         Self { bar: Some(bar) }
     }
 
+    /// Starts counting again, for the next phase of a run that reads all rows before it writes
+    /// them (`reading`, then `writing`): the phase names the count.
+    pub fn phase(&self, name: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(0);
+            bar.set_message(format!("{name} "));
+            bar.reset_eta();
+        }
+    }
+
     /// `rows` more events written.
     pub fn advance(&self, rows: u64) {
         if let Some(bar) = &self.bar {
@@ -103,7 +113,7 @@ fn template(total: Total) -> String {
         ""
     };
     format!(
-        "{{spinner}} [{{wide_bar}}] {{human_pos}}/{approx}{{human_len}} events ({{percent}}%), \
+        "{{spinner}} {{msg}}[{{wide_bar}}] {{human_pos}}/{approx}{{human_len}} events ({{percent}}%), \
          {{rate}}, {{elapsed}} elapsed, ETA {{eta}}"
     )
 }

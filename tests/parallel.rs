@@ -1,4 +1,5 @@
-//! The windowed plan (time windows read at once, each on its own connection, in one snapshot)
+//! The windowed plan (`--read index`: time windows read at once, each on its own connection, in
+//! one snapshot)
 //! writes exactly what the serial plan writes, on both data shapes; never mixes snapshots, even
 //! with a transaction committing in the middle of the read; and a killed parallel read leaves
 //! nothing the next run does not remove.
@@ -69,7 +70,11 @@ fn windows_write_the_serial_plans_bytes_and_values_on_both_data_shapes() {
                 let run = export(
                     dir.path(),
                     &db,
-                    &[&["--jobs", jobs, "-o", "windows.csv"], &extra[..]].concat(),
+                    &[
+                        &["--jobs", jobs, "--read", "index", "-o", "windows.csv"],
+                        &extra[..],
+                    ]
+                    .concat(),
                 );
                 assert!(run.stderr.contains("time windows"), "{shape} {jobs}: {run}");
                 assert!(
@@ -105,7 +110,16 @@ fn windows_read_one_snapshot_when_a_transaction_commits_mid_read() {
     let dir = scratch();
     let before: usize = db.value("SELECT count(*) FROM events").parse().unwrap();
     let mut cmd = export_events(dir.path());
-    cmd.args(["--database-url", &db.url(), "--jobs", "2", "-o", "out.csv"]);
+    cmd.args([
+        "--database-url",
+        &db.url(),
+        "--jobs",
+        "2",
+        "--read",
+        "index",
+        "-o",
+        "out.csv",
+    ]);
     // Stopped once the read has begun: window 0's rows are streaming, later windows not started.
     let child = spawn_stopped_at(&mut cmd, "stream.batch");
     // A transaction that adds an event to the newest window and one to the oldest: a later
@@ -138,6 +152,8 @@ fn a_killed_parallel_read_leaves_spools_the_next_run_removes() {
         "-q",
         "--jobs",
         "2",
+        "--read",
+        "index",
         "-o",
         "out.csv",
     ]);

@@ -68,6 +68,13 @@ proptest! {
     }
 
     #[test]
+    fn memory_sizes_never_panic(text in texty()) {
+        if let Ok(bytes) = export_events::cli::parse_size(&text) {
+            prop_assert!(bytes >= 16_000_000);
+        }
+    }
+
+    #[test]
     fn object_urls_and_format_lists_never_panic(text in texty()) {
         let _ = sink::object::parse(&text);
         let _ = sink::registry::parse(&text);

@@ -89,10 +89,10 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
     let plan = match (opened.dialect, args.partition_by) {
         // Rule partitions come together only when read ordered by rule.
         (_, Some(PartitionBy::Rule)) => Plan::Serial(query::events_by_rule(since, opened.dialect)),
-        (Dialect::Postgres, _) => plan::choose(engine, since, jobs(args))?,
+        (Dialect::Postgres, _) => plan::choose(engine, since, jobs(args), args.read, args.memory)?,
         (Dialect::DuckDb, _) => Plan::Serial(query::events(since, opened.dialect)),
     };
-    if let (Plan::Windows { .. }, false) = (&plan, ctx.quiet) {
+    if let (Plan::Windows { .. } | Plan::Scan(_), false) = (&plan, ctx.quiet) {
         eprintln!("export-events: reading with {}", plan.describe());
     }
     let progress = pipeline::progress_bar(engine, since, opened.dialect, ctx.quiet)?;

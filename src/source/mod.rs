@@ -1,14 +1,18 @@
 //! Where the rows come from: the settings that name the source ([`settings`]), the embedded
 //! DuckDB that attaches it ([`engine`], with the `postgres` extension from [`extension`]), and
-//! the SQL that reads it ([`query`]).
+//! the SQL that reads it ([`query`]), in the plan the export's size calls for ([`plan`]: one
+//! ordered query, time windows read at once ([`parallel`]), or a sequential read ([`scan`])
+//! sorted locally ([`distribute`])).
 
 pub mod conninfo;
+pub mod distribute;
 pub mod engine;
 pub mod extension;
 pub mod identity;
 pub mod parallel;
 pub mod plan;
 pub mod query;
+pub mod scan;
 pub mod settings;
 
 use std::path::Path;

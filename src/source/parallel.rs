@@ -54,15 +54,7 @@ pub fn for_each_batch(
     spool: &Path,
     mut each: impl FnMut(&RecordBatch) -> Result<()>,
 ) -> Result<u64> {
-    let conn = engine.connection();
-    let snapshot: String = conn
-        .query_row(
-            &in_postgres("SELECT pg_export_snapshot()::text"),
-            [],
-            |row| row.get(0),
-        )
-        .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
-        .context("exporting the snapshot for the parallel read")?;
+    let snapshot = export_snapshot(engine)?;
     let shared = Arc::new(Shared {
         windows: windows.to_vec(),
         snapshot,
@@ -125,6 +117,33 @@ pub fn for_each_batch(
     result
 }
 
+/// Exports the snapshot of `engine`'s transaction for other sessions to read in.
+pub(super) fn export_snapshot(engine: &Engine) -> Result<String> {
+    engine
+        .connection()
+        .query_row(
+            &in_postgres("SELECT pg_export_snapshot()::text"),
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
+        .context("exporting the snapshot for the parallel read")
+}
+
+/// A new connection (a PostgreSQL session of its own) in a transaction that reads in
+/// `snapshot`.
+pub(super) fn join_snapshot(engine: &Engine, snapshot: &str) -> Result<Engine> {
+    let conn = engine.connection().try_clone()?;
+    let import = format!("SET TRANSACTION SNAPSHOT '{snapshot}'");
+    conn.execute_batch(&format!(
+        "BEGIN TRANSACTION; CALL postgres_execute('{CATALOG}', {})",
+        literal(&import)
+    ))
+    .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
+    .context("joining the export's snapshot")?;
+    Ok(Engine::from(conn))
+}
+
 /// Reads every window not yet taken on the caller's connection, in order, straight to `each`.
 fn read_rest_here(
     engine: &Engine,
@@ -143,7 +162,7 @@ fn read_rest_here(
 
 /// Whether starting a reader failed because the server refused another connection (its, the
 /// role's or the database's limit).
-fn is_connection_refused(error: &anyhow::Error) -> bool {
+pub(super) fn is_connection_refused(error: &anyhow::Error) -> bool {
     let text = error.chain().map(ToString::to_string).collect::<String>();
     [
         "too many connections",
@@ -158,7 +177,7 @@ fn is_connection_refused(error: &anyhow::Error) -> bool {
 /// rolled back:
 /// the server may have ended the session, and a failed rollback aborts the process
 /// ([`Engine::abandon`]); the server ends the transaction when the process exits.
-fn end_transaction(engine: &Engine, succeeded: bool) -> Result<()> {
+pub(super) fn end_transaction(engine: &Engine, succeeded: bool) -> Result<()> {
     if succeeded {
         return engine
             .connection()
@@ -210,35 +229,24 @@ fn start_reader(
     shared: &Arc<Shared>,
     sender: Sender<Result<Spooled>>,
 ) -> Result<JoinHandle<()>> {
-    let conn = engine.connection().try_clone()?;
-    let import = format!("SET TRANSACTION SNAPSHOT '{}'", shared.snapshot);
-    conn.execute_batch(&format!(
-        "BEGIN TRANSACTION; CALL postgres_execute('{CATALOG}', {})",
-        literal(&import)
-    ))
-    .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
-    .context("joining the export's snapshot")?;
+    let reader = join_snapshot(engine, &shared.snapshot)?;
     let shared = shared.clone();
     std::thread::Builder::new()
         .name("export-events-window".into())
-        .spawn(move || {
-            let reader = Engine::from(conn);
-            loop {
-                let index = shared.next.fetch_add(1, Ordering::SeqCst);
-                let Some(sql) = shared.windows.get(index) else {
-                    let _ = end_transaction(&reader, true);
-                    return;
-                };
-                let read =
-                    spool_window(&reader, sql, &shared).map(|(rows, file)| (index, rows, file));
-                let failed = read.is_err();
-                if failed {
-                    shared.abort.store(true, Ordering::SeqCst);
-                    let _ = end_transaction(&reader, false);
-                }
-                if sender.send(read).is_err() || failed {
-                    return;
-                }
+        .spawn(move || loop {
+            let index = shared.next.fetch_add(1, Ordering::SeqCst);
+            let Some(sql) = shared.windows.get(index) else {
+                let _ = end_transaction(&reader, true);
+                return;
+            };
+            let read = spool_window(&reader, sql, &shared).map(|(rows, file)| (index, rows, file));
+            let failed = read.is_err();
+            if failed {
+                shared.abort.store(true, Ordering::SeqCst);
+                let _ = end_transaction(&reader, false);
+            }
+            if sender.send(read).is_err() || failed {
+                return;
             }
         })
         .context("starting a reader thread")
@@ -274,9 +282,9 @@ fn spool_window(engine: &Engine, sql: &str, shared: &Shared) -> Result<(u64, Nam
 /// A window stopped because something else failed.
 #[derive(Debug, thiserror::Error)]
 #[error("another window of the read failed")]
-struct Aborted;
+pub(super) struct Aborted;
 
-fn stop_if_aborted(abort: &AtomicBool) -> Result<()> {
+pub(super) fn stop_if_aborted(abort: &AtomicBool) -> Result<()> {
     if abort.load(Ordering::SeqCst) {
         bail!(Aborted);
     }

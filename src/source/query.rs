@@ -205,6 +205,26 @@ pub fn events_between(from: Option<i64>, to: Option<i64>) -> String {
     select(Dialect::Postgres, &conditions)
 }
 
+/// The export query's rows in pages `from..to` (`None`: to the end) of `relation` (`events` or
+/// one of its partitions, named as the catalog quotes it), unordered, for one task of the
+/// sequential plan. PostgreSQL only.
+pub fn events_in_pages(
+    relation: &str,
+    from: u64,
+    to: Option<u64>,
+    since: Option<DateTime<Utc>>,
+) -> String {
+    let mut conditions = filter(since);
+    conditions.push(format!("e.ctid >= '({from},0)'::tid"));
+    conditions.extend(to.map(|to| format!("e.ctid < '({to},0)'::tid")));
+    in_postgres(&format!(
+        "SELECT {columns}
+FROM {relation} AS e JOIN rules AS r ON r.id = e.rule_id{filter}",
+        columns = model::select_list(),
+        filter = where_clause(&conditions),
+    ))
+}
+
 fn passed_through(sql: String, dialect: Dialect) -> String {
     match dialect {
         Dialect::DuckDb => sql,
@@ -307,6 +327,21 @@ mod tests {
             "{sql}"
         );
         assert!(!events_between(None, None).contains("WHERE"));
+    }
+
+    #[test]
+    fn page_ranges_read_without_order() {
+        let since = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+        let sql = events_in_pages("events_2026", 1_000, Some(2_000), Some(since));
+        assert!(
+            sql.contains(
+                "FROM events_2026 AS e JOIN rules AS r ON r.id = e.rule_id\nWHERE e.\"timestamp\" \
+                 >= TIMESTAMPTZ ''2026-02-01 00:00:00.000000+00'' AND e.ctid >= ''(1000,0)''::tid \
+                 AND e.ctid < ''(2000,0)''::tid')"
+            ),
+            "{sql}"
+        );
+        assert!(!events_in_pages("events", 0, None, None).contains("ORDER BY"));
     }
 
     #[test]

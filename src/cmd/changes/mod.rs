@@ -30,6 +30,7 @@ use crate::context::Context;
 use crate::fault;
 use crate::lock::RunLock;
 use crate::source::engine::{Access, Engine};
+use crate::source::plan::Read;
 use deliver::Destination;
 use slot::Feed;
 
@@ -160,6 +161,8 @@ fn initial_export_args(path: &std::path::Path, output: &OutputArgs) -> ExportArg
         duckdb: None,
         demo: false,
         jobs: None,
+        read: Read::Auto,
+        memory: crate::cli::parse_size(crate::cli::DEFAULT_MEMORY).expect("a valid default"),
         partition_by: None,
         max_rows_per_file: 1_000_000,
         keep: None,

@@ -1,0 +1,266 @@
+//! The sequential plan (page ranges read at once in one snapshot, put in order by the
+//! distribution sort) writes exactly what one ordered query writes (`--jobs 1`), byte for byte,
+//! for every `--jobs`: on both generated shapes, on heavy timestamp ties with extreme values
+//! (1901, 2199), with statistics never gathered and then stale, with `--since` cutting a run of
+//! equal timestamps, and on a partitioned `events`; it reads one snapshot while rows change; a
+//! killed run's spill is removed by the next run; and the plan is chosen by cost.
+
+mod common;
+
+use std::path::Path;
+
+use arrow::record_batch::RecordBatch;
+use common::*;
+
+fn parquet_values(path: &Path) -> RecordBatch {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn export(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
+    Run::of(
+        export_events(dir)
+            .args(["--database-url", &db.url(), "--format", "csv,parquet"])
+            .args(args),
+    )
+    .success()
+}
+
+/// Exports with one ordered query, then with the sequential plan at `--jobs` 1 to 3 under the
+/// least memory (so the sort spills into many buckets and splits some again), and checks the
+/// same CSV bytes and Parquet values every time.
+fn same_as_one_ordered_query(db: &TestDb, extra: &[&str], what: &str) {
+    let dir = scratch();
+    export(
+        dir.path(),
+        db,
+        &[
+            &["--jobs", "1", "--read", "index", "-q", "-o", "serial.csv"],
+            extra,
+        ]
+        .concat(),
+    );
+    let serial = std::fs::read(dir.path().join("serial.csv")).unwrap();
+    assert!(serial.len() > 100, "{what}: rows to compare");
+    for jobs in ["1", "2", "3"] {
+        let run = export(
+            dir.path(),
+            db,
+            &[
+                &[
+                    "--jobs", jobs, "--read", "scan", "--memory", "16MB", "-o", "scan.csv",
+                ],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            run.stderr.contains("sequential read"),
+            "{what} {jobs}: {run}"
+        );
+        assert!(
+            serial == std::fs::read(dir.path().join("scan.csv")).unwrap(),
+            "{what}, --jobs {jobs}: the same CSV bytes"
+        );
+        assert!(
+            parquet_values(&dir.path().join("serial.parquet"))
+                == parquet_values(&dir.path().join("scan.parquet")),
+            "{what}, --jobs {jobs}: the same Parquet values"
+        );
+    }
+    let left: Vec<String> = files_in(dir.path())
+        .into_iter()
+        .filter(|f| f.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{what}: no spill left: {left:?}");
+}
+
+fn generated(label: &str, shape: &str, rows: u64) -> TestDb {
+    let db = TestDb::empty(label);
+    let dir = scratch();
+    Run::of(export_events(dir.path()).args([
+        "generate",
+        "-q",
+        "--shape",
+        shape,
+        "--rows",
+        &rows.to_string(),
+        "--database-url",
+        &db.url(),
+    ]))
+    .success();
+    db
+}
+
+#[test]
+fn both_generated_shapes_come_out_as_one_ordered_query_writes_them() {
+    for shape in ["hub", "ordered"] {
+        let db = generated(&format!("scan_{shape}"), shape, 300_000);
+        same_as_one_ordered_query(&db, &[], shape);
+        let since = db.value(
+            "SELECT to_json(\"timestamp\") #>> '{}' FROM events ORDER BY \"timestamp\" \
+             OFFSET 100000 LIMIT 1",
+        );
+        same_as_one_ordered_query(&db, &["--since", &since], &format!("{shape} --since"));
+    }
+}
+
+/// 200,000 events on 40 timestamps (1901 and 2199 among them), inserted in random order.
+const TIES: &str = "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, \
+     trigger_telemetry_id, trigger_device_id) \
+     SELECT CASE WHEN i % 40 = 0 THEN TIMESTAMPTZ '1901-12-14 20:45:52.000001+00' \
+                 WHEN i % 40 = 1 THEN TIMESTAMPTZ '2199-12-31 23:59:59.999999+00' \
+                 ELSE TIMESTAMPTZ '2026-01-01 00:00:00+00' + (i % 40) * INTERVAL '1 hour' END, \
+            now(), 1 + i % 3, i % 2 = 0, i, NULL \
+     FROM (SELECT i FROM generate_series(1, 200000) AS i ORDER BY md5(i::text)) AS s";
+
+#[test]
+fn heavy_ties_extreme_timestamps_and_missing_or_stale_statistics() {
+    let db = TestDb::sample("scan_ties");
+    db.sql("ALTER TABLE events SET (autovacuum_enabled = false); DELETE FROM events;");
+    db.sql(TIES);
+    // Never analyzed: no histogram, the sort starts from one bucket and splits it.
+    assert_eq!(
+        db.value("SELECT count(*) FROM pg_stats WHERE tablename = 'events'"),
+        "0"
+    );
+    same_as_one_ordered_query(&db, &[], "never analyzed");
+    // `--since` at a tied timestamp: the whole run of equal timestamps is in.
+    same_as_one_ordered_query(
+        &db,
+        &["--since", "2026-01-01T05:00:00Z"],
+        "--since inside a run of ties",
+    );
+    // Analyzed, then as many rows again at later and earlier times: stale statistics.
+    db.sql("ANALYZE events");
+    db.sql(
+        &TIES
+            .replace("2026-01-01", "2027-06-01")
+            .replace("1901-12-14", "1950-01-01"),
+    );
+    same_as_one_ordered_query(&db, &[], "stale statistics");
+}
+
+#[test]
+fn a_partitioned_events_table_is_read_partition_by_partition() {
+    let db = generated("scan_parts", "hub", 100_000);
+    db.sql(
+        "ALTER TABLE events RENAME TO events_plain; \
+         CREATE TABLE events (LIKE events_plain INCLUDING DEFAULTS) PARTITION BY RANGE (\"timestamp\"); \
+         CREATE TABLE events_old PARTITION OF events FOR VALUES FROM (MINVALUE) TO ('2025-07-01'); \
+         CREATE TABLE events_new PARTITION OF events FOR VALUES FROM ('2025-07-01') TO (MAXVALUE); \
+         ALTER TABLE events ADD PRIMARY KEY (id, \"timestamp\"); \
+         CREATE INDEX ON events (\"timestamp\"); \
+         INSERT INTO events SELECT * FROM events_plain; DROP TABLE events_plain; ANALYZE events",
+    );
+    assert_eq!(
+        db.value("SELECT count(*) > 1000 FROM events_old"),
+        "t",
+        "both partitions hold rows"
+    );
+    same_as_one_ordered_query(&db, &[], "partitioned");
+}
+
+#[test]
+fn the_read_is_one_snapshot_when_a_transaction_commits_mid_read() {
+    let db = generated("scan_snapshot", "hub", 200_000);
+    let dir = scratch();
+    let before: usize = db.value("SELECT count(*) FROM events").parse().unwrap();
+    let mut cmd = export_events(dir.path());
+    cmd.args([
+        "--database-url",
+        &db.url(),
+        "--jobs",
+        "2",
+        "--read",
+        "scan",
+        "-o",
+        "out.csv",
+    ]);
+    let child = spawn_stopped_at(&mut cmd, "stream.batch");
+    // New rows at both ends and a moved row: none of it is in the snapshot.
+    db.sql(
+        "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, \
+         trigger_telemetry_id) VALUES ('2099-01-01', now(), 1, true, 777000001), \
+         ('1990-01-01', now(), 1, true, 777000002); \
+         UPDATE events SET \"timestamp\" = '2098-01-01', trigger_telemetry_id = 777000003 \
+         WHERE id = (SELECT min(id) FROM events)",
+    );
+    signal(child.id(), "CONT");
+    let run = finish(child).success();
+    assert!(run.stderr.contains("sequential read"), "{run}");
+    let mut reader = csv::Reader::from_path(dir.path().join("out.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), before, "the rows of the snapshot, no more");
+    assert!(
+        rows.iter().all(|r| !r[4].starts_with("77700000")),
+        "nothing of the later transaction"
+    );
+}
+
+#[test]
+fn a_killed_sort_leaves_a_spill_the_next_run_removes() {
+    let db = generated("scan_kill", "hub", 200_000);
+    let dir = scratch();
+    let mut cmd = export_events(dir.path());
+    cmd.args([
+        "--database-url",
+        &db.url(),
+        "-q",
+        "--jobs",
+        "2",
+        "--read",
+        "scan",
+        "-o",
+        "out.csv",
+    ]);
+    // Stopped while it writes sorted rows: the spill folder is there.
+    let child = spawn_stopped_at(&mut cmd, "export.streaming");
+    signal(child.id(), "KILL");
+    assert_eq!(finish(child).code, None);
+    assert!(
+        files_in(dir.path()).iter().any(|f| f.ends_with(".tmp")),
+        "{:?}",
+        files_in(dir.path())
+    );
+    Run::of(export_events(dir.path()).args(["--database-url", &db.url(), "-q", "-o", "out.csv"]))
+        .success();
+    assert_eq!(files_in(dir.path()), ["out.csv", "out.csv.manifest.json"]);
+}
+
+#[test]
+fn the_plan_is_chosen_by_the_share_of_the_table_exported() {
+    let db = generated("scan_choice", "hub", 600_000);
+    let dir = scratch();
+    let all = export(dir.path(), &db, &["--jobs", "2", "-o", "all.csv"]);
+    assert!(all.stderr.contains("sequential read"), "{all}");
+    let since = db.value(
+        "SELECT to_json(\"timestamp\") #>> '{}' FROM events ORDER BY \"timestamp\" DESC \
+         OFFSET 6000 LIMIT 1",
+    );
+    let slice = export(
+        dir.path(),
+        &db,
+        &["--jobs", "2", "--since", &since, "-o", "slice.csv"],
+    );
+    assert!(!slice.stderr.contains("sequential read"), "1%: {slice}");
+    let one = export(dir.path(), &db, &["--jobs", "1", "-o", "one.csv"]);
+    assert!(!one.stderr.contains("sequential read"), "--jobs 1: {one}");
+    let index = export(
+        dir.path(),
+        &db,
+        &["--jobs", "2", "--read", "index", "-o", "index.csv"],
+    );
+    assert!(index.stderr.contains("time windows"), "{index}");
+    let run =
+        Run::of(export_events(dir.path()).args(["--database-url", &db.url(), "--memory", "1MB"]));
+    assert!(
+        run.code == Some(2) && run.stderr.contains("give at least 16MB"),
+        "{run}"
+    );
+}
