@@ -180,6 +180,26 @@ pub fn select_list() -> String {
         .join(", ")
 }
 
+/// The select list of the events alone: the export's columns of `events`, then its
+/// [`RULE_ID`] (the rule's columns are added by the caller, see `source::rules`).
+pub fn event_select_list() -> String {
+    EVENT
+        .iter()
+        .filter(|c| matches!(c.origin, Origin::Event(_)))
+        .map(Column::select)
+        .chain([format!("e.rule_id::BIGINT AS {RULE_ID}")])
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The model's rule columns (`Origin::Rule`), in order: what `query::rules` selects.
+pub fn rule_columns() -> impl Iterator<Item = &'static str> {
+    EVENT.iter().filter_map(|c| match c.origin {
+        Origin::Rule(name) => Some(name),
+        _ => None,
+    })
+}
+
 /// The quoted names of the event columns, for an outer query over the export query.
 pub fn names() -> String {
     EVENT

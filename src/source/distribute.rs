@@ -31,6 +31,8 @@ pub type Key = (bool, i64, i64);
 
 /// Rows handed to the sinks at a time in the sorted phase.
 const OUT_ROWS: usize = 4_096;
+/// Pieces of batches smaller than this wait to be written with others.
+const PIECE_ROWS: usize = 1_024;
 /// Splitting a bucket never goes deeper than this (each level divides by the parts it needs).
 const MAX_SPLITS: u32 = 4;
 /// Memory a sorted row costs beyond its data: its key and place.
@@ -147,6 +149,10 @@ impl Spill {
         let mut filling = self.buckets[bucket]
             .lock()
             .map_err(|_| anyhow!("a reader thread failed"))?;
+        // A batch of a good size is written as it is; pieces wait to be written together.
+        if batch.num_rows() >= PIECE_ROWS {
+            return self.write(bucket, &mut filling, &batch);
+        }
         filling.pending_bytes += batch.get_array_memory_size();
         filling.pending.push(batch);
         if filling.pending_bytes >= self.flush_bytes {
@@ -155,17 +161,18 @@ impl Spill {
         Ok(())
     }
 
-    /// Writes what waits in `bucket` to its file as one IPC message.
+    /// Writes the pieces waiting in `bucket` to its file as one IPC message.
     fn flush(&self, bucket: usize, filling: &mut Filling) -> Result<()> {
         if filling.pending.is_empty() {
             return Ok(());
         }
-        let batch = match filling.pending.len() {
-            1 => filling.pending.pop().expect("one"),
-            _ => concat_batches(&self.schema, &filling.pending)?,
-        };
+        let batch = concat_batches(&self.schema, &filling.pending)?;
         filling.pending.clear();
         filling.pending_bytes = 0;
+        self.write(bucket, filling, &batch)
+    }
+
+    fn write(&self, bucket: usize, filling: &mut Filling, batch: &RecordBatch) -> Result<()> {
         if filling.writer.is_none() {
             let file = File::create(self.path(bucket))
                 .with_context(|| format!("creating a spill file in {}", self.folder.display()))?;
@@ -173,7 +180,7 @@ impl Spill {
             filling.writer = Some(StreamWriter::try_new(out, &self.schema)?);
         }
         let writer = filling.writer.as_mut().expect("just made");
-        writer.write(&batch).context("writing a spill file")?;
+        writer.write(batch).context("writing a spill file")?;
         filling.rows += batch.num_rows() as u64;
         filling.bytes += batch.get_array_memory_size() as u64;
         Ok(())
@@ -326,7 +333,8 @@ fn load_sorted(part: &Part) -> Result<Sorted> {
         );
     }
     // Keys are unique (ids are), so the order is total: the same whatever order rows came in.
-    order.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    // Rows arrive in runs (a table is stored about in time order): the stable sort finds them.
+    order.sort_by(|a, b| b.0.cmp(&a.0));
     Ok(Sorted { batches, order })
 }
 

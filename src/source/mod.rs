@@ -12,6 +12,7 @@ pub mod identity;
 pub mod parallel;
 pub mod plan;
 pub mod query;
+pub mod rules;
 pub mod scan;
 pub mod settings;
 

@@ -118,12 +118,8 @@ pub fn events_of_rule(rule_id: i64) -> String {
 
 /// The current values of the rule columns the model uses, with the rule's id first.
 pub fn rules() -> String {
-    let columns: Vec<String> = model::EVENT
-        .iter()
-        .filter_map(|c| match c.origin {
-            model::Origin::Rule(name) => Some(format!(", \"{name}\"::text")),
-            _ => None,
-        })
+    let columns: Vec<String> = model::rule_columns()
+        .map(|name| format!(", \"{name}\"::text"))
         .collect();
     in_postgres(&format!("SELECT id::bigint{} FROM rules", columns.concat()))
 }
@@ -205,9 +201,10 @@ pub fn events_between(from: Option<i64>, to: Option<i64>) -> String {
     select(Dialect::Postgres, &conditions)
 }
 
-/// The export query's rows in pages `from..to` (`None`: to the end) of `relation` (`events` or
-/// one of its partitions, named as the catalog quotes it), unordered, for one task of the
-/// sequential plan. PostgreSQL only.
+/// The events in pages `from..to` (`None`: to the end) of `relation` (`events` or one of its
+/// partitions, named as the catalog quotes it), unordered and without the join to `rules`
+/// (their `rule_id` last; see `source::rules`), for one task of the sequential plan.
+/// PostgreSQL only.
 pub fn events_in_pages(
     relation: &str,
     from: u64,
@@ -218,9 +215,8 @@ pub fn events_in_pages(
     conditions.push(format!("e.ctid >= '({from},0)'::tid"));
     conditions.extend(to.map(|to| format!("e.ctid < '({to},0)'::tid")));
     in_postgres(&format!(
-        "SELECT {columns}
-FROM {relation} AS e JOIN rules AS r ON r.id = e.rule_id{filter}",
-        columns = model::select_list(),
+        "SELECT {columns}\nFROM {relation} AS e{filter}",
+        columns = model::event_select_list(),
         filter = where_clause(&conditions),
     ))
 }
@@ -335,7 +331,7 @@ mod tests {
         let sql = events_in_pages("events_2026", 1_000, Some(2_000), Some(since));
         assert!(
             sql.contains(
-                "FROM events_2026 AS e JOIN rules AS r ON r.id = e.rule_id\nWHERE e.\"timestamp\" \
+                "e.rule_id::BIGINT AS rule_id\nFROM events_2026 AS e\nWHERE e.\"timestamp\" \
                  >= TIMESTAMPTZ ''2026-02-01 00:00:00.000000+00'' AND e.ctid >= ''(1000,0)''::tid \
                  AND e.ctid < ''(2000,0)''::tid')"
             ),

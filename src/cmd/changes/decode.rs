@@ -76,21 +76,13 @@ pub fn read(feed: &Feed, out: &mut dyn Changes, max: u64) -> Result<Batch> {
 /// A rule's values of the columns the model reads from rules, by column name.
 type Rule = HashMap<&'static str, String>;
 
-/// The model's rule columns (`Origin::Rule`), in the order [`query::rules`] selects them.
-fn rule_columns() -> impl Iterator<Item = &'static str> {
-    model::EVENT.iter().filter_map(|c| match c.origin {
-        Origin::Rule(name) => Some(name),
-        _ => None,
-    })
-}
-
 /// Every rule's current values.
 fn rules(conn: &Connection) -> Result<HashMap<i64, Rule>> {
     let mut statement = conn.prepare(&query::rules()).context("reading rules")?;
     let rows = statement.query_map([], |row| {
         let id: i64 = row.get(0)?;
         let mut rule = Rule::new();
-        for (i, name) in rule_columns().enumerate() {
+        for (i, name) in model::rule_columns().enumerate() {
             let value: Option<String> = row.get(i + 1)?;
             rule.extend(value.map(|v| (name, v)));
         }
@@ -185,7 +177,7 @@ impl Decoder {
                     .context("a rule without id")?
                     .parse()
                     .context("a rule id is not an integer")?;
-                let rule: Rule = rule_columns()
+                let rule: Rule = model::rule_columns()
                     .filter_map(|name| Some((name, row.text(name)?.clone())))
                     .collect();
                 if op == Op::Update {
