@@ -35,8 +35,8 @@ const OUT_ROWS: usize = 4_096;
 const PIECE_ROWS: usize = 1_024;
 /// Splitting a bucket never goes deeper than this (each level divides by the parts it needs).
 const MAX_SPLITS: u32 = 4;
-/// Memory a sorted row costs beyond its data: its key and place.
-const ORDER_BYTES: u64 = std::mem::size_of::<(Key, u32, u32)>() as u64;
+/// Memory a sorted row costs beyond its data: its key and place while sorting.
+const ORDER_BYTES: u64 = std::mem::size_of::<([u64; 2], u64)>() as u64;
 
 /// The key of every row of `batch` (its `timestamp` and `id` columns).
 fn keys(batch: &RecordBatch) -> Result<Vec<Key>> {
@@ -283,7 +283,7 @@ impl Spilled {
                 for chunk in bucket.order.chunks(OUT_ROWS) {
                     crate::cancel::check()?;
                     places.clear();
-                    places.extend(chunk.iter().map(|&(_, b, r)| (b as usize, r as usize)));
+                    places.extend(chunk.iter().map(|&(b, r)| (b as usize, r as usize)));
                     let batch = interleave_record_batch(&batches, &places)?;
                     each(&batch)?;
                     rows += batch.num_rows() as u64;
@@ -300,10 +300,10 @@ impl Spilled {
     }
 }
 
-/// A bucket in memory and the order of its rows: (key, batch, row), newest first.
+/// A bucket in memory and the order of its rows: (batch, row), newest first.
 struct Sorted {
     batches: Vec<RecordBatch>,
-    order: Vec<(Key, u32, u32)>,
+    order: Vec<(u32, u32)>,
 }
 
 /// The batches of a spill file.
@@ -323,18 +323,29 @@ fn load_sorted(part: &Part) -> Result<Sorted> {
         .collect::<Result<Vec<_>, _>>()
         .context("reading a spill file")?;
     std::fs::remove_file(&part.path).ok();
-    let mut order: Vec<(Key, u32, u32)> = Vec::with_capacity(part.rows as usize);
+    // Keys as unsigned pairs (compared as two words), the row's place packed in one: 24 bytes a
+    // row. Rows without a timestamp come first (PostgreSQL's DESC puts nulls first), by id.
+    let flip = |v: i64| (v as u64) ^ (1 << 63);
+    let mut rows: Vec<([u64; 2], u64)> = Vec::with_capacity(part.rows as usize);
+    let mut nulls: Vec<([u64; 2], u64)> = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
-        order.extend(
-            keys(batch)?
-                .into_iter()
-                .enumerate()
-                .map(|(r, k)| (k, b as u32, r as u32)),
-        );
+        for (r, (null, time, id)) in keys(batch)?.into_iter().enumerate() {
+            let entry = ([flip(time), flip(id)], ((b as u64) << 32) | r as u64);
+            if null {
+                nulls.push(entry);
+            } else {
+                rows.push(entry);
+            }
+        }
     }
     // Keys are unique (ids are), so the order is total: the same whatever order rows came in.
-    // Rows arrive in runs (a table is stored about in time order): the stable sort finds them.
-    order.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    nulls.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    let order = nulls
+        .into_iter()
+        .chain(rows)
+        .map(|(_, place)| ((place >> 32) as u32, place as u32))
+        .collect();
     Ok(Sorted { batches, order })
 }
 

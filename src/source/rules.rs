@@ -21,7 +21,7 @@ use crate::model::{self, Origin};
 /// Every rule, by id, with the values of the rule columns the model uses.
 pub struct Rules {
     /// The position of rule `id` in `columns`.
-    index: HashMap<i64, u32>,
+    index: Index,
     /// One array per rule column of the model, in its order.
     columns: Vec<ArrayRef>,
 }
@@ -49,11 +49,7 @@ impl Rules {
             })
             .context("reading the rules")?;
         Ok(Self {
-            index: ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (*id, i as u32))
-                .collect(),
+            index: Index::new(&ids),
             columns: values
                 .into_iter()
                 .map(|v| Arc::new(StringArray::from(v)) as ArrayRef)
@@ -64,16 +60,11 @@ impl Rules {
     /// `batch` without the events whose rule is missing (the inner join's rows).
     pub fn keep_known(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let ids = rule_ids(batch)?;
-        if ids
-            .iter()
-            .all(|id| id.is_some_and(|id| self.index.contains_key(&id)))
-        {
+        let known = |id: &Option<i64>| id.and_then(|id| self.index.get(id)).is_some();
+        if ids.iter().all(known) {
             return Ok(batch.clone());
         }
-        let known: BooleanArray = ids
-            .iter()
-            .map(|id| Some(id.is_some_and(|id| self.index.contains_key(&id))))
-            .collect();
+        let known: BooleanArray = ids.iter().map(|id| Some(known(id))).collect();
         Ok(filter_record_batch(batch, &known)?)
     }
 
@@ -82,7 +73,7 @@ impl Rules {
     pub fn join(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let places: UInt32Array = rule_ids(batch)?
             .iter()
-            .map(|id| id.and_then(|id| self.index.get(&id).copied()))
+            .map(|id| id.and_then(|id| self.index.get(id)))
             .collect();
         let mut rule = self.columns.iter();
         let mut fields = Vec::with_capacity(model::EVENT.len());
@@ -105,6 +96,43 @@ impl Rules {
     }
 }
 
+/// Rule ids to positions: a table when the ids are small (they are a sequence), else a map.
+enum Index {
+    Dense(Vec<Option<u32>>),
+    Sparse(HashMap<i64, u32>),
+}
+
+impl Index {
+    /// Ids below this are looked up in a table (4 MB at most).
+    const DENSE_BELOW: i64 = 1 << 19;
+
+    fn new(ids: &[i64]) -> Self {
+        if ids.iter().all(|&id| (0..Self::DENSE_BELOW).contains(&id)) {
+            let size = ids.iter().max().map_or(0, |&m| m as usize + 1);
+            let mut table = vec![None; size];
+            for (place, &id) in ids.iter().enumerate() {
+                table[id as usize] = Some(place as u32);
+            }
+            return Index::Dense(table);
+        }
+        Index::Sparse(
+            ids.iter()
+                .enumerate()
+                .map(|(i, &id)| (id, i as u32))
+                .collect(),
+        )
+    }
+
+    fn get(&self, id: i64) -> Option<u32> {
+        match self {
+            Index::Dense(table) => usize::try_from(id)
+                .ok()
+                .and_then(|i| table.get(i).copied().flatten()),
+            Index::Sparse(map) => map.get(&id).copied(),
+        }
+    }
+}
+
 fn rule_ids(batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
     let column = batch
         .column_by_name(model::RULE_ID)
@@ -114,4 +142,23 @@ fn rule_ids(batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
     Ok((0..column.len())
         .map(|i| column.is_valid(i).then(|| column.value(i)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_are_found_in_a_table_or_a_map() {
+        for ids in [vec![3, 1, 7], vec![3, -1, 1 << 40]] {
+            let index = Index::new(&ids);
+            assert!(matches!(index, Index::Dense(_)) == (ids[1] == 1));
+            for (place, id) in ids.iter().enumerate() {
+                assert_eq!(index.get(*id), Some(place as u32));
+            }
+            assert_eq!(index.get(2), None);
+            assert_eq!(index.get(-5), None);
+            assert_eq!(index.get(1 << 41), None);
+        }
+    }
 }
