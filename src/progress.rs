@@ -76,6 +76,7 @@ impl Progress {
             bar.set_position(0);
             bar.set_message(format!("{name} "));
             bar.reset_eta();
+            bar.tick();
         }
     }
 

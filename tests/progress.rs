@@ -52,6 +52,15 @@ fn a_terminal_gets_the_bar_then_a_summary() {
         screen.contains("/~200,000 events"),
         "estimated total without --since\n{screen}"
     );
+    // The sequential plan counts the rows twice: as it reads them, then as it writes them.
+    let screen = on_a_terminal(
+        dir.path(),
+        &format!("--database-url {} --read scan", db.url()),
+    );
+    assert!(
+        screen.contains("reading [") && screen.contains("writing [") && screen.contains("Wrote "),
+        "two phases\n{screen}"
+    );
     // An incremental first run is a whole export, with its bar; later runs are small: none.
     let incremental = format!("--incremental --database-url {}", db.url());
     let screen = on_a_terminal(dir.path(), &incremental);

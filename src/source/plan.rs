@@ -29,7 +29,7 @@ pub const MIN_PARALLEL_ROWS: u64 = 500_000;
 const WINDOWS_PER_JOB: usize = 3;
 /// The sequential plan reads the whole table to export this share of it or more: below, the
 /// index read of the rows asked for costs PostgreSQL less (measured: `docs/performance.md`).
-const MIN_SCAN_SHARE: f64 = 0.4;
+const MIN_SCAN_SHARE: f64 = 0.2;
 /// What a row is taken to cost in memory (Arrow) before any is read, to cut the sort's buckets;
 /// a bucket that turns out larger is split again.
 const ROW_BYTES: u64 = 160;
@@ -126,6 +126,12 @@ fn sequential(
     stats: &Statistics,
     memory: u64,
 ) -> Result<Option<Scan>> {
+    let share = stats.share_from(since);
+    // Worth a look at the table's size only when the statistics do not rule it out already.
+    let maybe = stats.rows == 0 || stats.rows as f64 * share >= MIN_PARALLEL_ROWS as f64;
+    if !forced && (jobs < 2 || share < MIN_SCAN_SHARE || !maybe) {
+        return Ok(None);
+    }
     let relations: Vec<(String, i64, bool)> = {
         let conn = engine.connection();
         let mut statement = conn.prepare(&scan::relations_sql())?;
@@ -147,9 +153,8 @@ fn sequential(
         0 => pages * 8_192 / 100,
         rows => rows,
     };
-    let share = stats.share_from(since);
     let wanted = (rows as f64 * share) as u64;
-    if !forced && (jobs < 2 || wanted < MIN_PARALLEL_ROWS || share < MIN_SCAN_SHARE) {
+    if !forced && wanted < MIN_PARALLEL_ROWS {
         return Ok(None);
     }
     let per_task = (pages / (jobs as u64 * TASKS_PER_JOB)).max(32);
