@@ -8,38 +8,10 @@ mod common;
 
 use std::path::Path;
 
-use arrow::record_batch::RecordBatch;
 use common::*;
 
 /// Enough rows for the windowed plan (it starts at 500,000).
 const ROWS: u64 = 600_000;
-
-fn generated(label: &str, shape: &str) -> TestDb {
-    let db = TestDb::empty(label);
-    let dir = scratch();
-    Run::of(export_events(dir.path()).args([
-        "generate",
-        "-q",
-        "--shape",
-        shape,
-        "--rows",
-        &ROWS.to_string(),
-        "--database-url",
-        &db.url(),
-    ]))
-    .success();
-    db
-}
-
-fn parquet_batches(path: &Path) -> RecordBatch {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
 
 fn export(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
     Run::of(
@@ -53,7 +25,7 @@ fn export(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
 #[test]
 fn windows_write_the_serial_plans_bytes_and_values_on_both_data_shapes() {
     for shape in ["hub", "ordered"] {
-        let db = generated(&format!("par_{shape}"), shape);
+        let db = TestDb::generated_as(&format!("par_{shape}"), shape, ROWS);
         let dir = scratch();
         let since = db.value(&format!(
             "SELECT to_json(\"timestamp\") #>> '{{}}' FROM events ORDER BY \"timestamp\" \
@@ -83,8 +55,8 @@ fn windows_write_the_serial_plans_bytes_and_values_on_both_data_shapes() {
                     "{shape}, --jobs {jobs}, {extra:?}: same CSV bytes"
                 );
                 assert!(
-                    parquet_batches(&dir.path().join("serial.parquet"))
-                        == parquet_batches(&dir.path().join("windows.parquet")),
+                    parquet_values(&dir.path().join("serial.parquet"))
+                        == parquet_values(&dir.path().join("windows.parquet")),
                     "{shape}, --jobs {jobs}, {extra:?}: same Parquet values"
                 );
             }
@@ -106,7 +78,7 @@ fn windows_write_the_serial_plans_bytes_and_values_on_both_data_shapes() {
 
 #[test]
 fn windows_read_one_snapshot_when_a_transaction_commits_mid_read() {
-    let db = generated("par_snapshot", "hub");
+    let db = TestDb::generated_as("par_snapshot", "hub", ROWS);
     let dir = scratch();
     let before: usize = db.value("SELECT count(*) FROM events").parse().unwrap();
     let mut cmd = export_events(dir.path());
@@ -143,7 +115,7 @@ fn windows_read_one_snapshot_when_a_transaction_commits_mid_read() {
 
 #[test]
 fn a_killed_parallel_read_leaves_spools_the_next_run_removes() {
-    let db = generated("par_kill", "ordered");
+    let db = TestDb::generated_as("par_kill", "ordered", ROWS);
     let dir = scratch();
     let mut cmd = export_events(dir.path());
     cmd.args([

@@ -9,18 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use arrow::record_batch::RecordBatch;
 use common::*;
-
-fn parquet_values(path: &Path) -> RecordBatch {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
 
 fn export(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
     Run::of(
@@ -80,27 +69,10 @@ fn same_as_one_ordered_query(db: &TestDb, extra: &[&str], what: &str) {
     assert!(left.is_empty(), "{what}: no spill left: {left:?}");
 }
 
-fn generated(label: &str, shape: &str, rows: u64) -> TestDb {
-    let db = TestDb::empty(label);
-    let dir = scratch();
-    Run::of(export_events(dir.path()).args([
-        "generate",
-        "-q",
-        "--shape",
-        shape,
-        "--rows",
-        &rows.to_string(),
-        "--database-url",
-        &db.url(),
-    ]))
-    .success();
-    db
-}
-
 #[test]
 fn both_generated_shapes_come_out_as_one_ordered_query_writes_them() {
     for shape in ["hub", "ordered"] {
-        let db = generated(&format!("scan_{shape}"), shape, 300_000);
+        let db = TestDb::generated_as(&format!("scan_{shape}"), shape, 300_000);
         same_as_one_ordered_query(&db, &[], shape);
         let since = db.value(
             "SELECT to_json(\"timestamp\") #>> '{}' FROM events ORDER BY \"timestamp\" \
@@ -154,7 +126,7 @@ fn heavy_ties_extreme_timestamps_and_missing_or_stale_statistics() {
 
 #[test]
 fn a_partitioned_events_table_is_read_partition_by_partition() {
-    let db = generated("scan_parts", "hub", 100_000);
+    let db = TestDb::generated_as("scan_parts", "hub", 100_000);
     db.sql(
         "ALTER TABLE events RENAME TO events_plain; \
          CREATE TABLE events (LIKE events_plain INCLUDING DEFAULTS) PARTITION BY RANGE (\"timestamp\"); \
@@ -174,7 +146,7 @@ fn a_partitioned_events_table_is_read_partition_by_partition() {
 
 #[test]
 fn the_read_is_one_snapshot_when_a_transaction_commits_mid_read() {
-    let db = generated("scan_snapshot", "hub", 200_000);
+    let db = TestDb::generated_as("scan_snapshot", "hub", 200_000);
     let dir = scratch();
     let before: usize = db.value("SELECT count(*) FROM events").parse().unwrap();
     let mut cmd = export_events(dir.path());
@@ -211,7 +183,7 @@ fn the_read_is_one_snapshot_when_a_transaction_commits_mid_read() {
 
 #[test]
 fn a_killed_sort_leaves_a_spill_the_next_run_removes() {
-    let db = generated("scan_kill", "hub", 200_000);
+    let db = TestDb::generated_as("scan_kill", "hub", 200_000);
     let dir = scratch();
     let mut cmd = export_events(dir.path());
     cmd.args([
@@ -241,7 +213,7 @@ fn a_killed_sort_leaves_a_spill_the_next_run_removes() {
 
 #[test]
 fn the_plan_is_chosen_by_the_share_of_the_table_exported() {
-    let db = generated("scan_choice", "hub", 600_000);
+    let db = TestDb::generated_as("scan_choice", "hub", 600_000);
     let dir = scratch();
     let all = export(dir.path(), &db, &["--jobs", "2", "-o", "all.csv"]);
     assert!(all.stderr.contains("sequential read"), "{all}");

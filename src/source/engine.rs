@@ -215,7 +215,12 @@ impl Engine {
     ) -> Result<u64> {
         // A session ended by the server can show at any step, preparing included (a window's
         // reader prepares while another reads).
-        let lost = |e: duckdb::Error| anyhow!(session_error(&e.to_string()));
+        // A failure before the first batch may be a lost session too: the engine is then never
+        // rolled back (see `Drop`).
+        let lost = |e: duckdb::Error| {
+            self.abandon();
+            anyhow!(session_error(&e.to_string()))
+        };
         let mut statement = self
             .conn
             .prepare(sql)

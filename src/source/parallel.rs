@@ -126,7 +126,11 @@ pub(super) fn export_snapshot(engine: &Engine) -> Result<String> {
             [],
             |row| row.get(0),
         )
-        .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
+        .map_err(|e| {
+            // The session may be gone: never roll it back (see `Engine::abandon`).
+            engine.abandon();
+            anyhow::anyhow!(session_error(&e.to_string()))
+        })
         .context("exporting the snapshot for the parallel read")
 }
 
@@ -179,10 +183,11 @@ pub(super) fn is_connection_refused(error: &anyhow::Error) -> bool {
 /// ([`Engine::abandon`]); the server ends the transaction when the process exits.
 pub(super) fn end_transaction(engine: &Engine, succeeded: bool) -> Result<()> {
     if succeeded {
-        return engine
-            .connection()
-            .execute_batch("COMMIT")
-            .context("ending the export's transaction");
+        let committed = engine.connection().execute_batch("COMMIT");
+        if committed.is_err() {
+            engine.abandon();
+        }
+        return committed.context("ending the export's transaction");
     }
     engine.abandon();
     Ok(())

@@ -88,11 +88,18 @@ impl TestDb {
 
     /// A database of `rows` generated events (`export-events generate`).
     pub fn generated(label: &str, rows: u64) -> Self {
+        Self::generated_as(label, "hub", rows)
+    }
+
+    /// A database of `rows` generated events of `shape` (`hub` or `ordered`).
+    pub fn generated_as(label: &str, shape: &str, rows: u64) -> Self {
         let db = Self::empty(label);
         let dir = scratch();
         Run::of(export_events(dir.path()).args([
             "generate",
             "-q",
+            "--shape",
+            shape,
             "--rows",
             &rows.to_string(),
             "--database-url",
@@ -383,6 +390,17 @@ pub fn events_in_postgres(db: &TestDb, since: Option<&str>) -> Vec<EventRow> {
             )
         })
         .collect()
+}
+
+/// Every row of a Parquet file, as one batch.
+pub fn parquet_values(path: &Path) -> arrow::record_batch::RecordBatch {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
 }
 
 /// Runs `cmd` with `EXPORT_EVENTS_STOP_AT=point`, and waits until it has stopped itself there.
