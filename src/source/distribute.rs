@@ -94,6 +94,8 @@ pub struct Spill {
     buckets: Vec<Mutex<Filling>>,
     /// A bucket's rows are written once this many bytes wait (fewer, larger IPC messages).
     flush_bytes: usize,
+    /// Each bucket's write buffer.
+    buffer_bytes: usize,
     /// How often the rows were split before (names this spill's files apart).
     splits: u32,
 }
@@ -105,13 +107,18 @@ impl Spill {
         cuts.sort_unstable();
         cuts.dedup();
         let buckets = (0..=cuts.len()).map(|_| Mutex::default()).collect();
-        let flush_bytes = (memory / 4 / (cuts.len() as u64 + 1)).clamp(64 << 10, 4 << 20);
+        // Waiting pieces take an eighth of the budget at most, write buffers a sixteenth,
+        // however many buckets there are: memory does not grow with the export.
+        let count = cuts.len() as u64 + 1;
+        let flush_bytes = (memory / 8 / count).clamp(16 << 10, 4 << 20);
+        let buffer_bytes = (memory / 16 / count).clamp(8 << 10, 256 << 10);
         Self {
             folder: folder.to_owned(),
             schema,
             cuts,
             buckets,
             flush_bytes: flush_bytes as usize,
+            buffer_bytes: buffer_bytes as usize,
             splits: 0,
         }
     }
@@ -176,7 +183,7 @@ impl Spill {
         if filling.writer.is_none() {
             let file = File::create(self.path(bucket))
                 .with_context(|| format!("creating a spill file in {}", self.folder.display()))?;
-            let out = BufWriter::with_capacity(256 << 10, file);
+            let out = BufWriter::with_capacity(self.buffer_bytes, file);
             filling.writer = Some(StreamWriter::try_new(out, &self.schema)?);
         }
         let writer = filling.writer.as_mut().expect("just made");
@@ -191,7 +198,8 @@ impl Spill {
             .join(format!("bucket-{}-{bucket}.arrows", self.splits))
     }
 
-    /// Writes out every bucket: the read is done.
+    /// Writes out every bucket: the read is done. What the read held goes back to the system
+    /// before the sort takes its share.
     pub fn finish(self) -> Result<Spilled> {
         let mut parts = Vec::with_capacity(self.buckets.len());
         for (bucket, filling) in self.buckets.iter().enumerate() {
@@ -210,11 +218,18 @@ impl Spill {
                 });
             }
         }
-        Ok(Spilled {
+        let spilled = Spilled {
             folder: self.folder,
             schema: self.schema,
             parts,
-        })
+        };
+        drop(self.buckets);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free heap memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        Ok(spilled)
     }
 }
 
