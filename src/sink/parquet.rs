@@ -107,7 +107,7 @@ impl ParquetSink {
         let pending = std::mem::take(&mut self.pending);
         let fields = self.schema.fields();
         let (heavy, light) = halves(&mut self.columns, fields);
-        let write = |columns: Vec<(usize, &mut ArrowColumnWriter)>| -> Result<()> {
+        let write = |columns: Share| -> Result<()> {
             for (index, writer) in columns {
                 for batch in &pending {
                     for leaf in compute_leaves(&fields[index], batch.column(index))? {
@@ -173,15 +173,15 @@ impl ParquetSink {
     }
 }
 
+/// Column writers with their column indexes, for one encoding thread.
+type Share<'a> = Vec<(usize, &'a mut ArrowColumnWriter)>;
+
 /// The column writers in two sets of about equal work, with their column indexes: text columns
 /// (dictionary encoding) count three times.
 fn halves<'a>(
     columns: &'a mut [ArrowColumnWriter],
     fields: &arrow::datatypes::Fields,
-) -> (
-    Vec<(usize, &'a mut ArrowColumnWriter)>,
-    Vec<(usize, &'a mut ArrowColumnWriter)>,
-) {
+) -> (Share<'a>, Share<'a>) {
     let weight = |i: usize| match fields[i].data_type() {
         arrow::datatypes::DataType::Utf8 | arrow::datatypes::DataType::LargeUtf8 => 3,
         _ => 1,

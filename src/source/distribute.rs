@@ -354,8 +354,8 @@ fn load_sorted(part: &Part) -> Result<Sorted> {
         }
     }
     // Keys are unique (ids are), so the order is total: the same whatever order rows came in.
-    rows.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    nulls.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+    nulls.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
     let order = nulls
         .into_iter()
         .chain(rows)
@@ -376,7 +376,7 @@ fn split(folder: &Path, schema: &SchemaRef, part: Part, budget: u64) -> Result<V
     let mut seen = 0usize;
     for batch in read_part(&part)? {
         for key in keys(&batch.context("reading a spill file")?)? {
-            if seen % step == 0 {
+            if seen.is_multiple_of(step) {
                 sample.push(key);
             }
             seen += 1;
