@@ -181,7 +181,7 @@ pub struct ExportArgs {
     pub memory: u64,
 
     /// Write a partitioned dataset instead of one file: a folder with one subfolder per UTC
-    /// day (date=2026-02-01), month (month=2026-02) or rule (rule=...), Hive-style.
+    /// day (date=2026-02-01), month (month=2026-02) or rule (rule_id=7), Hive-style.
     #[arg(long, value_enum, value_name = "BY")]
     pub partition_by: Option<PartitionBy>,
 
