@@ -1,6 +1,9 @@
 //! Criterion benchmarks of whole exports through the library (the same pipeline the binary
-//! runs), on a generated PostgreSQL table of 1,000,000 events: CSV, Parquet, both, and `--since`
-//! slices of about 1% and 10% of the rows, plus CSV from a DuckDB file. Reported as rows/s.
+//! runs), on a generated PostgreSQL table of 1,000,000 events: CSV, Parquet, both (the default
+//! plan: a sequential read sorted locally), CSV and Parquet read along the index
+//! (`--read index`), and `--since` slices of about 1% and 10% of the rows, plus CSV from a DuckDB
+//! file; and the distribution sort alone, on 1,000,000 synthetic rows spilled to a temporary
+//! folder. Reported as rows/s.
 //!
 //! The data is made with `export-events generate` (seed 42) when missing and kept: database
 //! `ee_bench_<rows>` on the server of `EXPORT_EVENTS_BENCH_PG` (default
@@ -158,6 +161,15 @@ fn exports(c: &mut Criterion) {
             )
         })
         .collect();
+    for format in ["csv", "parquet"] {
+        let extra = vec![
+            "--format".into(),
+            format.into(),
+            "--read".into(),
+            "index".into(),
+        ];
+        cases.push((format!("{format}_read_index"), extra, total));
+    }
     for (label, fraction) in [("since_1pct", 0.01), ("since_10pct", 0.10)] {
         let (since, selected) = since_for(&url, total, fraction);
         cases.push((label.to_owned(), vec!["--since".into(), since], selected));
@@ -178,5 +190,68 @@ fn exports(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, exports);
+/// The distribution sort alone: about 1M rows in the order a table stores them (runs of rising
+/// timestamps from two readers, some back-dated), routed to 16 buckets, spilled, sorted back.
+fn distribution_sort(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::record_batch::RecordBatch;
+    use export_events::source::distribute::Spill;
+
+    const ROWS: i64 = 1_001_472; // 489 batches of 2,048
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]));
+    let batches: Vec<RecordBatch> = (0..ROWS / 2_048)
+        .map(|b| {
+            // Two readers' ranges interleaved; every 50th event back-dated by a day.
+            let ids: Vec<i64> = (0..2_048)
+                .map(|i| (b % 2) * ROWS / 2 + (b / 2) * 2_048 + i)
+                .collect();
+            let times: Vec<i64> = ids
+                .iter()
+                .map(|id| id * 31_000_000 - if id % 50 == 0 { 86_400_000_000 } else { 0 })
+                .collect();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(TimestampMicrosecondArray::from(times).with_timezone("UTC")),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let cuts: Vec<_> = (1..16)
+        .map(|i| (false, i * ROWS / 16 * 31_000_000, i64::MIN))
+        .collect();
+    let mut group = c.benchmark_group("distribution_sort");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("1M_rows_16_buckets", |b| {
+        b.iter(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let spill = Spill::new(dir.path(), schema.clone(), cuts.clone(), 256_000_000);
+            batches.iter().for_each(|batch| spill.route(batch).unwrap());
+            let sorted = spill
+                .finish()
+                .unwrap()
+                .for_each_sorted(85_000_000, |_| Ok(()))
+                .unwrap();
+            assert_eq!(sorted, ROWS as u64);
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, exports, distribution_sort);
 criterion_main!(benches);
