@@ -3,7 +3,8 @@
 //! for every `--jobs`: on both generated shapes, on heavy timestamp ties with extreme values
 //! (1901, 2199), with statistics never gathered and then stale, with `--since` cutting a run of
 //! equal timestamps, and on a partitioned `events`; it reads one snapshot while rows change; a
-//! killed run's spill is removed by the next run; and the plan is chosen by cost.
+//! killed run's spill is removed by the next run; a full disk under the spill is one clear line
+//! and leaves nothing; and the plan is chosen by cost.
 
 mod common;
 
@@ -209,6 +210,30 @@ fn a_killed_sort_leaves_a_spill_the_next_run_removes() {
     Run::of(export_events(dir.path()).args(["--database-url", &db.url(), "-q", "-o", "out.csv"]))
         .success();
     assert_eq!(files_in(dir.path()), ["out.csv", "out.csv.manifest.json"]);
+}
+
+#[test]
+fn a_full_disk_under_the_spill_fails_naming_it_and_leaves_nothing() {
+    let db = TestDb::generated_as("scan_full", "hub", 200_000);
+    let small = std::path::PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK"));
+    let dir = scratch();
+    let out = small.join("scan_full.csv");
+    let run = Run::of(export_events(dir.path()).args([
+        "--database-url",
+        &db.url(),
+        "-q",
+        "--read",
+        "scan",
+        "-o",
+        out.to_str().unwrap(),
+    ]))
+    .failure(1, "no space left on device writing the sort's spill in");
+    assert!(run.stderr.contains(&small.display().to_string()), "{run}");
+    let left: Vec<String> = files_in(&small)
+        .into_iter()
+        .filter(|f| f.starts_with(".scan_full.csv") || f.starts_with("scan_full.csv"))
+        .collect();
+    assert!(left.is_empty(), "nothing left: {left:?}");
 }
 
 #[test]

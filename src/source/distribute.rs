@@ -181,16 +181,35 @@ impl Spill {
 
     fn write(&self, bucket: usize, filling: &mut Filling, batch: &RecordBatch) -> Result<()> {
         if filling.writer.is_none() {
-            let file = File::create(self.path(bucket))
-                .with_context(|| format!("creating a spill file in {}", self.folder.display()))?;
+            let file = File::create(self.path(bucket)).map_err(|e| self.failed(e.into()))?;
             let out = BufWriter::with_capacity(self.buffer_bytes, file);
-            filling.writer = Some(StreamWriter::try_new(out, &self.schema)?);
+            let writer = StreamWriter::try_new(out, &self.schema);
+            filling.writer = Some(writer.map_err(|e| self.failed(e.into()))?);
         }
         let writer = filling.writer.as_mut().expect("just made");
-        writer.write(batch).context("writing a spill file")?;
+        writer.write(batch).map_err(|e| self.failed(e.into()))?;
         filling.rows += batch.num_rows() as u64;
         filling.bytes += batch.get_array_memory_size() as u64;
         Ok(())
+    }
+
+    /// A failed spill write, said with the folder; a full disk as the one-line full-disk error
+    /// names it (`error::one_line`).
+    fn failed(&self, error: anyhow::Error) -> anyhow::Error {
+        let full = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        });
+        let place = format!("the sort's spill in {}", self.folder.display());
+        if full {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("no space left on device writing {place} (beside the output)"),
+            );
+            return anyhow::Error::new(io);
+        }
+        error.context(format!("writing {place}"))
     }
 
     fn path(&self, bucket: usize) -> PathBuf {
@@ -208,8 +227,8 @@ impl Spill {
                 .map_err(|_| anyhow!("a reader thread failed"))?;
             self.flush(bucket, &mut filling)?;
             if let Some(writer) = filling.writer.take() {
-                let mut out = writer.into_inner().context("writing a spill file")?;
-                std::io::Write::flush(&mut out).context("writing a spill file")?;
+                let mut out = writer.into_inner().map_err(|e| self.failed(e.into()))?;
+                std::io::Write::flush(&mut out).map_err(|e| self.failed(e.into()))?;
                 parts.push(Part {
                     path: self.path(bucket),
                     rows: filling.rows,
