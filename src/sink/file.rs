@@ -220,10 +220,16 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// `e`, saying which file could not be written when the disk is full.
 pub(super) fn io_error(e: io::Error, target: &Path) -> io::Error {
+    full_disk_writing(e, &target.display().to_string())
+}
+
+/// `e`, saying what was being written (`what`) when the disk is full: the message the one-line
+/// full-disk error (`error::one_line`) shows.
+pub fn full_disk_writing(e: io::Error, what: &str) -> io::Error {
     if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
         return io::Error::new(
             io::ErrorKind::StorageFull,
-            format!("no space left on device writing {}", target.display()),
+            format!("no space left on device writing {what}"),
         );
     }
     e

@@ -12,7 +12,7 @@
 //! never more than about two buckets are in memory.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::Mutex;
@@ -23,6 +23,8 @@ use arrow::compute::{concat_batches, interleave_record_batch, take_record_batch}
 use arrow::datatypes::{Int64Type, SchemaRef, TimestampMicrosecondType};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
+
+use crate::sink::file::full_disk_writing;
 
 /// A row's place in the export's order: (timestamp is null, timestamp, id), ascending; the
 /// export runs it descending (`ORDER BY timestamp DESC, id DESC`, nulls first as PostgreSQL
@@ -81,7 +83,7 @@ struct Part {
 struct Filling {
     pending: Vec<RecordBatch>,
     pending_bytes: usize,
-    writer: Option<StreamWriter<BufWriter<File>>>,
+    writer: Option<StreamWriter<BufWriter<SpillFile>>>,
     rows: u64,
     bytes: u64,
 }
@@ -180,36 +182,17 @@ impl Spill {
     }
 
     fn write(&self, bucket: usize, filling: &mut Filling, batch: &RecordBatch) -> Result<()> {
+        let place = || format!("writing the sort's spill in {}", self.folder.display());
         if filling.writer.is_none() {
-            let file = File::create(self.path(bucket)).map_err(|e| self.failed(e.into()))?;
+            let file = SpillFile::create(&self.path(bucket), &self.folder)?;
             let out = BufWriter::with_capacity(self.buffer_bytes, file);
-            let writer = StreamWriter::try_new(out, &self.schema);
-            filling.writer = Some(writer.map_err(|e| self.failed(e.into()))?);
+            filling.writer = Some(StreamWriter::try_new(out, &self.schema).with_context(place)?);
         }
         let writer = filling.writer.as_mut().expect("just made");
-        writer.write(batch).map_err(|e| self.failed(e.into()))?;
+        writer.write(batch).with_context(place)?;
         filling.rows += batch.num_rows() as u64;
         filling.bytes += batch.get_array_memory_size() as u64;
         Ok(())
-    }
-
-    /// A failed spill write, said with the folder; a full disk as the one-line full-disk error
-    /// names it (`error::one_line`).
-    fn failed(&self, error: anyhow::Error) -> anyhow::Error {
-        let full = error.chain().any(|cause| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-        });
-        let place = format!("the sort's spill in {}", self.folder.display());
-        if full {
-            let io = std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                format!("no space left on device writing {place} (beside the output)"),
-            );
-            return anyhow::Error::new(io);
-        }
-        error.context(format!("writing {place}"))
     }
 
     fn path(&self, bucket: usize) -> PathBuf {
@@ -227,8 +210,9 @@ impl Spill {
                 .map_err(|_| anyhow!("a reader thread failed"))?;
             self.flush(bucket, &mut filling)?;
             if let Some(writer) = filling.writer.take() {
-                let mut out = writer.into_inner().map_err(|e| self.failed(e.into()))?;
-                std::io::Write::flush(&mut out).map_err(|e| self.failed(e.into()))?;
+                let place = || format!("writing the sort's spill in {}", self.folder.display());
+                let mut out = writer.into_inner().with_context(place)?;
+                std::io::Write::flush(&mut out).with_context(place)?;
                 parts.push(Part {
                     path: self.path(bucket),
                     rows: filling.rows,
@@ -249,6 +233,38 @@ impl Spill {
             libc::malloc_trim(0);
         }
         Ok(spilled)
+    }
+}
+
+/// A spill file whose write errors say, on a full disk, what was being written, as an output
+/// file's do (`sink::file::full_disk_writing`).
+struct SpillFile {
+    file: File,
+    what: String,
+}
+
+impl SpillFile {
+    fn create(path: &Path, folder: &Path) -> Result<Self> {
+        let what = format!(
+            "the sort's spill in {} (beside the output)",
+            folder.display()
+        );
+        let file = File::create(path).map_err(|e| full_disk_writing(e, &what))?;
+        Ok(Self { file, what })
+    }
+}
+
+impl Write for SpillFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file
+            .write(buf)
+            .map_err(|e| full_disk_writing(e, &self.what))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file
+            .flush()
+            .map_err(|e| full_disk_writing(e, &self.what))
     }
 }
 
