@@ -8,25 +8,14 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-
-fn export(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
-    Run::of(
-        export_events(dir)
-            .args(["--database-url", &db.url(), "--format", "csv,parquet"])
-            .args(args),
-    )
-    .success()
-}
 
 /// Exports with one ordered query, then with the sequential plan at `--jobs` 1 to 3 under the
 /// least memory (so the sort spills into many buckets and splits some again), and checks the
 /// same CSV bytes and Parquet values every time.
 fn same_as_one_ordered_query(db: &TestDb, extra: &[&str], what: &str) {
     let dir = scratch();
-    export(
+    export_pair(
         dir.path(),
         db,
         &[
@@ -38,7 +27,7 @@ fn same_as_one_ordered_query(db: &TestDb, extra: &[&str], what: &str) {
     let serial = std::fs::read(dir.path().join("serial.csv")).unwrap();
     assert!(serial.len() > 100, "{what}: rows to compare");
     for jobs in ["1", "2", "3"] {
-        let run = export(
+        let run = export_pair(
             dir.path(),
             db,
             &[
@@ -148,68 +137,24 @@ fn a_partitioned_events_table_is_read_partition_by_partition() {
 #[test]
 fn the_read_is_one_snapshot_when_a_transaction_commits_mid_read() {
     let db = TestDb::generated_as("scan_snapshot", "hub", 200_000);
-    let dir = scratch();
-    let before: usize = db.value("SELECT count(*) FROM events").parse().unwrap();
-    let mut cmd = export_events(dir.path());
-    cmd.args([
-        "--database-url",
-        &db.url(),
-        "--jobs",
-        "2",
-        "--read",
-        "scan",
-        "-o",
-        "out.csv",
-    ]);
-    let child = spawn_stopped_at(&mut cmd, "stream.batch");
     // New rows at both ends and a moved row: none of it is in the snapshot.
-    db.sql(
+    reads_one_snapshot(
+        &db,
+        &["--jobs", "2", "--read", "scan"],
         "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, \
          trigger_telemetry_id) VALUES ('2099-01-01', now(), 1, true, 777000001), \
          ('1990-01-01', now(), 1, true, 777000002); \
          UPDATE events SET \"timestamp\" = '2098-01-01', trigger_telemetry_id = 777000003 \
          WHERE id = (SELECT min(id) FROM events)",
-    );
-    signal(child.id(), "CONT");
-    let run = finish(child).success();
-    assert!(run.stderr.contains("sequential read"), "{run}");
-    let mut reader = csv::Reader::from_path(dir.path().join("out.csv")).unwrap();
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    assert_eq!(rows.len(), before, "the rows of the snapshot, no more");
-    assert!(
-        rows.iter().all(|r| !r[4].starts_with("77700000")),
-        "nothing of the later transaction"
+        "sequential read",
     );
 }
 
 #[test]
 fn a_killed_sort_leaves_a_spill_the_next_run_removes() {
     let db = TestDb::generated_as("scan_kill", "hub", 200_000);
-    let dir = scratch();
-    let mut cmd = export_events(dir.path());
-    cmd.args([
-        "--database-url",
-        &db.url(),
-        "-q",
-        "--jobs",
-        "2",
-        "--read",
-        "scan",
-        "-o",
-        "out.csv",
-    ]);
     // Stopped while it writes sorted rows: the spill folder is there.
-    let child = spawn_stopped_at(&mut cmd, "export.streaming");
-    signal(child.id(), "KILL");
-    assert_eq!(finish(child).code, None);
-    assert!(
-        files_in(dir.path()).iter().any(|f| f.ends_with(".tmp")),
-        "{:?}",
-        files_in(dir.path())
-    );
-    Run::of(export_events(dir.path()).args(["--database-url", &db.url(), "-q", "-o", "out.csv"]))
-        .success();
-    assert_eq!(files_in(dir.path()), ["out.csv", "out.csv.manifest.json"]);
+    killed_run_is_cleaned_up(&db, &["--jobs", "2", "--read", "scan"], "export.streaming");
 }
 
 #[test]
@@ -240,21 +185,21 @@ fn a_full_disk_under_the_spill_fails_naming_it_and_leaves_nothing() {
 fn the_plan_is_chosen_by_the_share_of_the_table_exported() {
     let db = TestDb::generated_as("scan_choice", "hub", 600_000);
     let dir = scratch();
-    let all = export(dir.path(), &db, &["--jobs", "2", "-o", "all.csv"]);
+    let all = export_pair(dir.path(), &db, &["--jobs", "2", "-o", "all.csv"]);
     assert!(all.stderr.contains("sequential read"), "{all}");
     let since = db.value(
         "SELECT to_json(\"timestamp\") #>> '{}' FROM events ORDER BY \"timestamp\" DESC \
          OFFSET 6000 LIMIT 1",
     );
-    let slice = export(
+    let slice = export_pair(
         dir.path(),
         &db,
         &["--jobs", "2", "--since", &since, "-o", "slice.csv"],
     );
     assert!(!slice.stderr.contains("sequential read"), "1%: {slice}");
-    let one = export(dir.path(), &db, &["--jobs", "1", "-o", "one.csv"]);
+    let one = export_pair(dir.path(), &db, &["--jobs", "1", "-o", "one.csv"]);
     assert!(!one.stderr.contains("sequential read"), "--jobs 1: {one}");
-    let index = export(
+    let index = export_pair(
         dir.path(),
         &db,
         &["--jobs", "2", "--read", "index", "-o", "index.csv"],

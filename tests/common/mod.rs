@@ -403,6 +403,59 @@ pub fn parquet_values(path: &Path) -> arrow::record_batch::RecordBatch {
     arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
 }
 
+/// A successful export of `db` to CSV and Parquet in `dir` with `args`.
+pub fn export_pair(dir: &Path, db: &TestDb, args: &[&str]) -> Run {
+    Run::of(
+        export_events(dir)
+            .args(["--database-url", &db.url(), "--format", "csv,parquet"])
+            .args(args),
+    )
+    .success()
+}
+
+/// Exports `db` to `out.csv` with `args`, stopped at its first batch while `change` commits
+/// (rows whose telemetry id starts with 77700000), then checks that stderr names `plan` and that
+/// the file holds the rows of the export's snapshot, no more and none of the change.
+pub fn reads_one_snapshot(db: &TestDb, args: &[&str], change: &str, plan: &str) {
+    let dir = scratch();
+    let before: usize = db.value("SELECT count(*) FROM events").parse().unwrap();
+    let mut cmd = export_events(dir.path());
+    cmd.args(["--database-url", &db.url(), "-o", "out.csv"])
+        .args(args);
+    let child = spawn_stopped_at(&mut cmd, "stream.batch");
+    db.sql(change);
+    signal(child.id(), "CONT");
+    let run = finish(child).success();
+    assert!(run.stderr.contains(plan), "{run}");
+    let mut reader = csv::Reader::from_path(dir.path().join("out.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), before, "the rows of the snapshot, no more");
+    assert!(
+        rows.iter().all(|r| !r[4].starts_with("77700000")),
+        "nothing of the later transaction"
+    );
+}
+
+/// Kills an export of `db` to `out.csv` with `args` where it stops at `point`, checks that it
+/// left temporary files, and that the next run removes them.
+pub fn killed_run_is_cleaned_up(db: &TestDb, args: &[&str], point: &str) {
+    let dir = scratch();
+    let mut cmd = export_events(dir.path());
+    cmd.args(["--database-url", &db.url(), "-q", "-o", "out.csv"])
+        .args(args);
+    let child = spawn_stopped_at(&mut cmd, point);
+    signal(child.id(), "KILL");
+    assert_eq!(finish(child).code, None);
+    assert!(
+        files_in(dir.path()).iter().any(|f| f.ends_with(".tmp")),
+        "{:?}",
+        files_in(dir.path())
+    );
+    Run::of(export_events(dir.path()).args(["--database-url", &db.url(), "-q", "-o", "out.csv"]))
+        .success();
+    assert_eq!(files_in(dir.path()), ["out.csv", "out.csv.manifest.json"]);
+}
+
 /// Runs `cmd` with `EXPORT_EVENTS_STOP_AT=point`, and waits until it has stopped itself there.
 pub fn spawn_stopped_at(cmd: &mut Command, point: &str) -> std::process::Child {
     match run_to(cmd, point) {
