@@ -211,6 +211,7 @@ fn a_second_export_to_the_same_output_is_refused_or_waits_and_the_first_complete
 fn a_full_disk_stops_incremental_runs_and_the_feed_without_moving_their_cursors() {
     let small = PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK"));
     let db = TestDb::generated("fault_full_cursor", 200_000);
+    db.settle();
     let dir = scratch();
     let full = small.join("full_disk_cursor");
     std::fs::create_dir_all(&full).unwrap();

@@ -324,6 +324,8 @@ fn runs_killed_at_each_moment_lose_and_repeat_nothing() {
 #[test]
 fn a_second_run_on_the_same_state_is_refused_with_the_holders_pid() {
     let db = TestDb::sample("incr_overlap");
+    // The first run must see all 15: no other test's transaction may hold the horizon back.
+    db.settle();
     let dir = scratch();
     let first = spawn_stopped_at(
         &mut run_cmd(dir.path(), &db, &["-q"]),

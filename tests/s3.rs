@@ -254,6 +254,7 @@ fn every_output_kind_in_s3_is_byte_identical_to_the_same_export_on_disk() {
 fn incremental_runs_to_s3_hold_each_event_once() {
     let server = Server::shared();
     let db = TestDb::generated("s3_incr", 5_000);
+    db.settle();
     let dir = scratch();
     let p = prefix("incr");
     let template = server.url(&format!("{p}/events_{{time}}.csv"));
@@ -267,6 +268,7 @@ fn incremental_runs_to_s3_hold_each_event_once() {
     };
     incremental(&[]).success();
     db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 100 = 0");
+    db.settle();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     incremental(&[]).success();
     let files: Vec<String> = server

@@ -151,6 +151,7 @@ fn rule_partitions_take_any_legal_rule_name_and_read_back_with_hive_partitioning
 #[test]
 fn incremental_runs_into_rule_partitions_write_a_part_per_rule() {
     let db = TestDb::generated("seam_incr_rule", 3_000);
+    db.settle();
     let dir = scratch();
     let run = Run::of(export_events(dir.path()).args([
         "-q",
@@ -334,6 +335,7 @@ fn a_hub_with_use_tz_false_gets_naive_timestamps_end_to_end() {
     );
     // Incremental files and change files alike.
     let slot = Slot::create(&db, dir.path());
+    db.settle();
     Run::of(export_events(dir.path()).args([
         "-q",
         "--incremental",

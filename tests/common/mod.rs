@@ -109,6 +109,23 @@ impl TestDb {
         db
     }
 
+    /// Waits until every transaction begun on the server so far has ended: until the snapshot
+    /// horizon (`pg_snapshot_xmin`) has passed the next transaction id as of now. An incremental
+    /// run exports a transaction's rows once the horizon is past it, and the horizon is
+    /// server-wide, so another test's open transaction delays rows (never loses them); a test
+    /// that expects rows in a given run waits here first, rather than hoping nothing is open.
+    pub fn settle(&self) {
+        let next = self.value("SELECT pg_snapshot_xmax(pg_current_snapshot())");
+        let passed = format!("SELECT pg_snapshot_xmin(pg_current_snapshot()) >= '{next}'::xid8");
+        for _ in 0..1200 {
+            if self.value(&passed) == "t" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("a transaction on the test server stayed open for a minute; nothing settles");
+    }
+
     /// Runs SQL in this database (fails the test on error).
     pub fn sql(&self, sql: &str) {
         psql_at(&self.url(), &[sql], &[]);
