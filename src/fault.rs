@@ -25,4 +25,11 @@ pub fn point(name: &str) {
     unsafe {
         libc::raise(libc::SIGSTOP);
     }
+    // A signal sent while stopped is delivered on SIGCONT and recorded on the handler's own
+    // thread (`cancel`), while this one runs on: wait for it, so that a test's SIGINT lands at
+    // this point rather than somewhere after it.
+    let resumed = std::time::Instant::now();
+    while !crate::cancel::requested() && resumed.elapsed() < std::time::Duration::from_millis(300) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
