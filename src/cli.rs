@@ -81,7 +81,7 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Write the inserts, updates and deletes of events (and rule renames) from a logical
     /// replication slot to change files, in commit order, resumable.
-    Changes(ChangesArgs),
+    Changes(Box<ChangesArgs>),
     /// Check an export against its manifest: every file's size and SHA-256, and (when the
     /// source can be read) how many rows it has now. Exit 0 only if every file matches.
     Verify(VerifyArgs),
@@ -131,6 +131,17 @@ pub struct OutputArgs {
     /// personal data]; folders the tool creates get the matching execute bits.
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub mode: Option<u32>,
+
+    /// With --output iceberg:NAMESPACE.TABLE: the Iceberg catalog that names the table,
+    /// sqlite:PATH (a file, created when missing) or a postgres:// URL (Iceberg's SQL catalog,
+    /// catalog name "default").
+    #[arg(long, value_name = "CATALOG")]
+    pub catalog: Option<String>,
+
+    /// With --output iceberg:NAMESPACE.TABLE: the folder where a new table's files go (its
+    /// metadata and data files, under NAMESPACE/TABLE).
+    #[arg(long, value_name = "FOLDER")]
+    pub warehouse: Option<PathBuf>,
 }
 
 /// `--mode 0640`.

@@ -216,6 +216,18 @@ pub fn event_schema(zone: Zone) -> SchemaRef {
     ))
 }
 
+/// The column a table of incremental runs adds after the event's: the snapshot horizon of the
+/// run that exported the row (see `source::horizon`). It grows from run to run, so an event's
+/// newest version is the row with its largest `version`.
+pub const VERSION: &str = "version";
+
+/// The schema of a table of incremental runs: the event's columns, then [`VERSION`].
+pub fn versions_schema(zone: Zone) -> SchemaRef {
+    let mut fields: Vec<Field> = EVENT.iter().map(|c| c.field(zone)).collect();
+    fields.push(Field::new(VERSION, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
 /// `batch` with its timestamp columns typed as `schema` has them (same values: the query reads
 /// every timestamp as microseconds in UTC; a naive column's wall clock is read as UTC, so only
 /// the type's time zone differs). Columns `schema` does not name pass as they are.

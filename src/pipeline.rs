@@ -221,26 +221,40 @@ pub fn write_files(
             }
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut writers = Writers::spawn(sinks)?;
-    let each = |batch: &arrow::record_batch::RecordBatch| {
-        // A naive `timestamp` column (USE_TZ = False) is read as UTC: typed naive here.
-        writers.write(&crate::model::conform(batch, &schema)?)?;
-        progress.advance(batch.num_rows() as u64);
-        crate::fault::point("export.streaming");
-        Ok(())
-    };
     let (first, _) = targets.first().context("an export has a target")?;
     // Rows read ahead wait beside the output; for object storage, in $TMPDIR.
     let spool = match first.remote {
         Some(_) => std::env::temp_dir().join(first.path.file_name().unwrap_or_default()),
         None => first.path.clone(),
     };
+    stream(engine, plan, &schema, sinks, &spool, progress)
+}
+
+/// Streams the rows the plan reads into `sinks`, each on its own thread; returns the number of
+/// rows and what each sink finished. Rows the plan reads ahead wait in hidden files beside
+/// `spool`.
+pub fn stream<T: Send + 'static>(
+    engine: &Engine,
+    plan: &Plan,
+    schema: &SchemaRef,
+    sinks: Vec<Box<dyn sink::Sink<T>>>,
+    spool: &Path,
+    progress: &Progress,
+) -> Result<(u64, Vec<T>)> {
+    let mut writers = Writers::spawn(sinks)?;
+    let each = |batch: &arrow::record_batch::RecordBatch| {
+        // A naive `timestamp` column (USE_TZ = False) is read as UTC: typed naive here.
+        writers.write(&crate::model::conform(batch, schema)?)?;
+        progress.advance(batch.num_rows() as u64);
+        crate::fault::point("export.streaming");
+        Ok(())
+    };
     let rows = match plan {
         Plan::Serial(sql) => engine.for_each_batch(sql, each)?,
         Plan::Windows { queries, jobs } => {
-            parallel::for_each_batch(engine, queries, *jobs, &spool, each)?
+            parallel::for_each_batch(engine, queries, *jobs, spool, each)?
         }
-        Plan::Scan(plan) => scan::for_each_batch(engine, plan, &spool, progress, each)?,
+        Plan::Scan(plan) => scan::for_each_batch(engine, plan, spool, progress, each)?,
     };
     Ok((rows, writers.close()?))
 }

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, Utc};
 
 use crate::cancel::{self, Mode};
 use crate::cli::ExportArgs;
@@ -19,11 +20,13 @@ use crate::pipeline::{self, Exported, Layout};
 use crate::retention::{self, Keep, TIME};
 use crate::sink::dataset::PartitionBy;
 use crate::sink::manifest::{self, Manifest};
+use crate::sink::table::TableOutput;
 use crate::source::engine::{literal, Engine, CATALOG};
-use crate::source::identity;
+use crate::source::identity::{self, Identity};
 use crate::source::plan::{self, Plan};
 use crate::source::query::{self, Dialect};
 use crate::source::settings::Source;
+use crate::source::Opened;
 use crate::{fixtures, model, source};
 
 /// Where the files go without `--output`: the original command's path, with each format's
@@ -38,6 +41,16 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
 /// One export, reading PostgreSQL in `snapshot` (exported by another session, which must hold
 /// it until this returns) when given: the initial export of a change feed.
 pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Result<Exported> {
+    let output = &args.output;
+    let table = TableOutput::resolve(
+        output.output.as_deref(),
+        output.catalog.as_deref(),
+        output.warehouse.as_deref(),
+        &ctx.cwd,
+    )?;
+    if let Some(table) = table {
+        return super::table::run(ctx, args, table);
+    }
     let since = ctx.since(args.since.as_deref())?;
     let template = args.output.output.as_deref().map(Path::to_owned);
     let keep = keep(args, template.as_deref())?;
@@ -71,30 +84,10 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
     if let (Some(template), None) = (&template, &targets[0].0.remote) {
         pipeline::recover_template_runs(template, &targets)?;
     }
-    let postgres = opened.dialect == Dialect::Postgres;
-    // PostgreSQL is read in one REPEATABLE READ transaction, whose snapshot the manifest names.
-    let read = if postgres {
-        run_sql(engine, "BEGIN TRANSACTION")?;
-        if let Some(snapshot) = snapshot {
-            let import = format!("SET TRANSACTION SNAPSHOT '{snapshot}'");
-            run_sql(
-                engine,
-                &format!("CALL postgres_execute('{CATALOG}', {})", literal(&import)),
-            )?;
-        }
-        Some(identity::read(engine)?)
-    } else {
-        None
-    };
-    let plan = match (opened.dialect, args.partition_by) {
-        // Rule partitions come together only when read ordered by rule.
-        (_, Some(PartitionBy::Rule)) => Plan::Serial(query::events_by_rule(since, opened.dialect)),
-        (Dialect::Postgres, _) => plan::choose(engine, since, jobs(args), args.read, args.memory)?,
-        (Dialect::DuckDb, _) => Plan::Serial(query::events(since, opened.dialect)),
-    };
-    if let (Plan::Windows { .. } | Plan::Scan(_), false) = (&plan, ctx.quiet) {
-        eprintln!("export-events: reading with {}", plan.describe());
-    }
+    let read = begin(&opened, snapshot)?;
+    // Rule partitions come together only when read ordered by rule.
+    let by_rule = args.partition_by == Some(PartitionBy::Rule);
+    let plan = read_plan(ctx, args, &opened, since, by_rule)?;
     let progress = pipeline::progress_bar(engine, since, opened.dialect, ctx.quiet)?;
     let layout = Layout {
         partition_by: args.partition_by,
@@ -109,9 +102,7 @@ pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Resul
         layout,
         &progress,
     )?;
-    if postgres {
-        run_sql(engine, "COMMIT")?;
-    }
+    end(&opened)?;
     let snapshot = read.as_ref().map(|(_, snapshot)| snapshot.clone());
     let manifest_source = match (&source, read) {
         (_, Some((id, _))) => id.manifest_source(),
@@ -176,6 +167,53 @@ fn keep(args: &ExportArgs, template: Option<&Path>) -> Result<Keep, UsageError> 
         )));
     }
     Ok(keep)
+}
+
+/// Starts the read: PostgreSQL is read in one REPEATABLE READ transaction (in `snapshot`, when
+/// given), whose identity and snapshot the output records. `None` for a DuckDB file.
+pub fn begin(opened: &Opened, snapshot: Option<&str>) -> Result<Option<(Identity, String)>> {
+    if opened.dialect != Dialect::Postgres {
+        return Ok(None);
+    }
+    let engine = &opened.engine;
+    run_sql(engine, "BEGIN TRANSACTION")?;
+    if let Some(snapshot) = snapshot {
+        let import = format!("SET TRANSACTION SNAPSHOT '{snapshot}'");
+        run_sql(
+            engine,
+            &format!("CALL postgres_execute('{CATALOG}', {})", literal(&import)),
+        )?;
+    }
+    Ok(Some(identity::read(engine)?))
+}
+
+/// Ends the read begun by [`begin`].
+pub fn end(opened: &Opened) -> Result<()> {
+    match opened.dialect {
+        Dialect::Postgres => run_sql(&opened.engine, "COMMIT"),
+        Dialect::DuckDb => Ok(()),
+    }
+}
+
+/// How the events are read: ordered by rule when `by_rule`; otherwise, from PostgreSQL, the
+/// plan its statistics and `--jobs`, `--read`, `--memory` choose (said unless quiet).
+pub fn read_plan(
+    ctx: &Context,
+    args: &ExportArgs,
+    opened: &Opened,
+    since: Option<DateTime<Utc>>,
+    by_rule: bool,
+) -> Result<Plan> {
+    let engine = &opened.engine;
+    let plan = match (opened.dialect, by_rule) {
+        (_, true) => Plan::Serial(query::events_by_rule(since, opened.dialect)),
+        (Dialect::Postgres, _) => plan::choose(engine, since, jobs(args), args.read, args.memory)?,
+        (Dialect::DuckDb, _) => Plan::Serial(query::events(since, opened.dialect)),
+    };
+    if let (Plan::Windows { .. } | Plan::Scan(_), false) = (&plan, ctx.quiet) {
+        eprintln!("export-events: reading with {}", plan.describe());
+    }
+    Ok(plan)
 }
 
 fn run_sql(engine: &Engine, sql: &str) -> Result<()> {

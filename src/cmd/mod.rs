@@ -6,6 +6,7 @@ pub mod changes;
 pub mod export;
 pub mod generate;
 pub mod incremental;
+pub mod table;
 pub mod verify;
 
 use anyhow::Result;

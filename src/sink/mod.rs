@@ -14,6 +14,7 @@ pub mod object;
 pub mod object_dir;
 pub mod parquet;
 pub mod registry;
+pub mod table;
 pub mod target;
 pub mod text;
 pub mod threaded;
@@ -32,9 +33,10 @@ pub use target::Target;
 /// manifest was removed). Readers skip it: hidden, and no data file's extension.
 pub const DATASET_MARKER: &str = ".export-events-dataset";
 
-/// An output format being written: takes batches in order, then hands back its finished file.
-pub trait Sink: Send {
+/// An output being written: takes batches in order, then hands back what it finished: a file
+/// or dataset to put in place ([`Staged`]), or a table's data files to commit.
+pub trait Sink<Finished = Staged>: Send {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()>;
     /// Finishes the encoding; the output is complete but not yet in place.
-    fn close(self: Box<Self>) -> Result<Staged>;
+    fn close(self: Box<Self>) -> Result<Finished>;
 }

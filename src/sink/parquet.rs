@@ -38,8 +38,9 @@ fn create(target: &Target, schema: SchemaRef, encoding: &Encoding) -> Result<Box
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
 pub const ROW_GROUP_BYTES: usize = 128 << 20;
 
-/// How every Parquet file of the project is encoded: the codec, the row groups, who wrote it.
-fn properties(compression: Compression) -> WriterProperties {
+/// How every Parquet file of the project is encoded (files, dataset parts, table data files):
+/// the codec, the row groups, who wrote it.
+pub fn properties(compression: Compression) -> WriterProperties {
     let codec = match compression {
         Compression::Zstd => Codec::ZSTD(ZstdLevel::default()),
         Compression::Snappy => Codec::SNAPPY,

@@ -18,15 +18,15 @@ use super::{Sink, Staged};
 /// Batches waiting per sink (DuckDB's batches hold 2,048 rows).
 const QUEUE: usize = 32;
 
-/// The running sinks.
-pub struct Writers {
+/// The running sinks, each handing back a `T` when it finishes.
+pub struct Writers<T: Send + 'static = Staged> {
     senders: Vec<SyncSender<RecordBatch>>,
-    threads: Vec<JoinHandle<Result<Staged>>>,
+    threads: Vec<JoinHandle<Result<T>>>,
 }
 
-impl Writers {
+impl<T: Send + 'static> Writers<T> {
     /// Starts one thread per sink.
-    pub fn spawn(sinks: Vec<Box<dyn Sink>>) -> Result<Self> {
+    pub fn spawn(sinks: Vec<Box<dyn Sink<T>>>) -> Result<Self> {
         let mut senders = Vec::with_capacity(sinks.len());
         let mut threads = Vec::with_capacity(sinks.len());
         for mut sink in sinks {
@@ -60,14 +60,14 @@ impl Writers {
         Ok(())
     }
 
-    /// Waits for every sink to finish; their files, in the order the sinks were given.
-    pub fn close(mut self) -> Result<Vec<Staged>> {
+    /// Waits for every sink to finish; their outputs, in the order the sinks were given.
+    pub fn close(mut self) -> Result<Vec<T>> {
         self.senders.clear();
         join_all(std::mem::take(&mut self.threads))
     }
 }
 
-impl Drop for Writers {
+impl<T: Send + 'static> Drop for Writers<T> {
     fn drop(&mut self) {
         // Closing the channels ends each thread; its unfinished file goes with it.
         self.senders.clear();
@@ -79,12 +79,12 @@ impl Drop for Writers {
 
 /// Joins every thread, even after one failed (an unjoined thread would be cut off when the
 /// process exits, leaving its temporary file); the files, or the first failure.
-fn join_all(threads: Vec<JoinHandle<Result<Staged>>>) -> Result<Vec<Staged>> {
-    let joined: Vec<Result<Staged>> = threads.into_iter().map(join).collect();
+fn join_all<T>(threads: Vec<JoinHandle<Result<T>>>) -> Result<Vec<T>> {
+    let joined: Vec<Result<T>> = threads.into_iter().map(join).collect();
     joined.into_iter().collect()
 }
 
-fn join(thread: JoinHandle<Result<Staged>>) -> Result<Staged> {
+fn join<T>(thread: JoinHandle<Result<T>>) -> Result<T> {
     thread
         .join()
         .map_err(|_| anyhow!("a writer thread panicked"))?

@@ -8,6 +8,7 @@ pub mod conninfo;
 pub mod distribute;
 pub mod engine;
 pub mod extension;
+pub mod horizon;
 pub mod identity;
 pub mod parallel;
 pub mod plan;

@@ -11,6 +11,7 @@ use super::nats::{Nats, Publishing};
 use super::pgoutput::Lsn;
 use crate::cli::ChangesArgs;
 use crate::context::Context;
+use crate::error::UsageError;
 use crate::model::Zone;
 use crate::sink::format::Encoding;
 use crate::sink::object;
@@ -37,6 +38,7 @@ impl Destination {
     /// and slot): a subject or folder that holds another feed's changes is refused, never
     /// shared silently.
     pub fn open(ctx: &Context, args: &ChangesArgs, scope: &str, zone: Zone) -> Result<Self> {
+        refuse_tables(args)?;
         if let Some(url) = &args.to {
             return Ok(Self::Nats(Box::new(Nats::connect(
                 url,
@@ -61,6 +63,7 @@ impl Destination {
 
     /// The change files' folder of `--output`.
     pub fn folder(ctx: &Context, args: &ChangesArgs) -> Result<Target> {
+        refuse_tables(args)?;
         Ok(Target::folder(
             args.output.output.as_deref(),
             DEFAULT_FOLDER,
@@ -158,4 +161,21 @@ impl Changes for Batch<'_> {
             Batch::Nats(n) => n.rows(),
         }
     }
+}
+
+/// The feed does not go to Iceberg tables yet: their flags are refused, not ignored.
+fn refuse_tables(args: &ChangesArgs) -> Result<(), UsageError> {
+    let output = &args.output;
+    let table = output.output.as_deref().map(|o| o.to_string_lossy());
+    if output.catalog.is_some()
+        || output.warehouse.is_some()
+        || table.is_some_and(|o| o.starts_with(crate::sink::table::SCHEME))
+    {
+        return Err(UsageError(
+            "changes: the change feed goes to files or NATS so far, not to Iceberg tables \
+             (tables take exports: export-events --output iceberg:NAMESPACE.TABLE)"
+                .into(),
+        ));
+    }
+    Ok(())
 }

@@ -157,6 +157,8 @@ fn initial_export_args(path: &std::path::Path, output: &OutputArgs) -> ExportArg
             format: output.format.clone(),
             compression: output.compression,
             mode: output.mode,
+            catalog: None,
+            warehouse: None,
         },
         duckdb: None,
         demo: false,

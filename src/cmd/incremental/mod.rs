@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{SecondsFormat, Utc};
 
 mod state;
 
@@ -39,20 +39,29 @@ use crate::sink::format::Format;
 use crate::sink::manifest::{self, Manifest};
 use crate::sink::{self, object, Target};
 use crate::source::engine::Engine;
-use crate::source::identity;
+use crate::source::horizon::Horizon;
 use crate::source::plan::Plan;
-use crate::source::query::{self, in_postgres, Dialect, Window};
+use crate::source::query::{self, Dialect};
 use crate::source::settings::Source;
 use crate::{confine, fault};
-use state::{Identity, LastRun, State, DEFAULT_STATE};
+use state::{LastRun, State, DEFAULT_STATE};
 
 /// Where each run's files go without `--output`; `{time}` is the run's UTC time.
 const DEFAULT_TEMPLATE: &str = "exports/events_{time}";
-/// The widest window `age()` can tell apart.
-const AGE_LIMIT: i64 = i32::MAX as i64;
 
 /// One incremental run.
 pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
+    let output = &args.output;
+    let table = crate::sink::table::TableOutput::resolve(
+        output.output.as_deref(),
+        output.catalog.as_deref(),
+        output.warehouse.as_deref(),
+        &ctx.cwd,
+    )?;
+    if let Some(table) = table {
+        // The table keeps the cursor in its snapshots.
+        return crate::cmd::table::run(ctx, args, table);
+    }
     let since = ctx.since(args.since.as_deref())?;
     let encoding = Context::encoding(&args.output, args.output.output.as_deref())?;
     let targets = targets(ctx, args, &encoding)?;
@@ -99,7 +108,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     let (engine, zone) = (opened.engine, opened.zone);
     // DuckDB's transaction is a REPEATABLE READ one in PostgreSQL: one snapshot for all below.
     run_sql(&engine, "BEGIN TRANSACTION")?;
-    let snapshot = Snapshot::read(&engine)?;
+    let snapshot = Horizon::read(&engine)?;
     let mut state = match previous {
         Some(previous) => {
             previous.check_source(&snapshot.source, &state_target.path)?;
@@ -312,79 +321,6 @@ fn lock(state: &Path, ctx: &Context) -> Result<RunLock> {
         &format!("state file {}", state.display()),
         ctx.wait,
     )
-}
-
-/// What the run's snapshot says about the server and the table.
-struct Snapshot {
-    /// 64-bit id below which every transaction had finished.
-    horizon: u64,
-    /// `age()` of the horizon: ages are relative to horizon + this.
-    horizon_age: i64,
-    source: Identity,
-    /// `pg_current_snapshot()`, for the manifest.
-    text: String,
-}
-
-impl Snapshot {
-    const SQL: &'static str = "SELECT s.horizon::text::bigint AS horizon, \
-        age((s.horizon::text::bigint % 4294967296)::text::xid)::bigint AS horizon_age \
-        FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) AS s";
-
-    /// Inside the run's transaction: its horizon, and what it belongs to.
-    fn read(engine: &Engine) -> Result<Self> {
-        let (horizon, horizon_age) = engine
-            .connection()
-            .query_row(&in_postgres(Self::SQL), [], |row| {
-                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
-            })
-            .context("reading PostgreSQL's snapshot horizon")?;
-        let (source, text) = identity::read(engine)?;
-        Ok(Self {
-            horizon,
-            horizon_age,
-            source,
-            text,
-        })
-    }
-
-    /// The rows of this run: from the previous horizon (or everything) to this one.
-    fn window(
-        &self,
-        previous: Option<u64>,
-        since: Option<DateTime<Utc>>,
-        quiet: bool,
-        origin: &str,
-    ) -> Result<Window> {
-        let reference = self.horizon + self.horizon_age as u64;
-        let start_age = match previous {
-            None => None,
-            Some(previous) if previous > self.horizon => bail!(
-                "the state's horizon {previous} is ahead of this server's ({}; settings from \
-                 {origin}): was the database restored from a backup? Pass --reset-state to \
-                 export everything again",
-                self.horizon
-            ),
-            Some(previous) => {
-                let age = (reference - previous) as i64;
-                if age >= AGE_LIMIT {
-                    if !quiet {
-                        eprintln!(
-                            "export-events: the last run was over 2 billion transactions ago, \
-                             too far to tell its rows apart: exporting every event this time"
-                        );
-                    }
-                    None
-                } else {
-                    Some(age)
-                }
-            }
-        };
-        Ok(Window {
-            end_age: self.horizon_age,
-            start_age,
-            since,
-        })
-    }
 }
 
 fn run_sql(engine: &Engine, sql: &str) -> Result<()> {

@@ -1,0 +1,516 @@
+//! Exports into Apache Iceberg tables, read back by independent readers: pyiceberg (the SQL
+//! catalog on the same SQLite file, and on PostgreSQL) and DuckDB's iceberg extension. A table
+//! shows no snapshot or a whole one, whatever stops the run, and a failed run's data files are
+//! removed by the next run, never referenced.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A catalog and a warehouse in a scratch folder.
+struct Lake {
+    dir: tempfile::TempDir,
+    /// `--catalog` as export-events takes it.
+    catalog: String,
+    /// The same catalog as SQLAlchemy names it, for pyiceberg.
+    reader_uri: String,
+    warehouse: PathBuf,
+}
+
+impl Lake {
+    /// A SQLite catalog file (not yet created) and a warehouse folder.
+    fn sqlite() -> Self {
+        let dir = scratch();
+        let file = dir.path().join("catalog/lake.db");
+        Self {
+            catalog: "sqlite:catalog/lake.db".to_owned(),
+            reader_uri: format!("sqlite:///{}", file.display()),
+            warehouse: dir.path().join("lake"),
+            dir,
+        }
+    }
+
+    /// The catalog's tables in `db`, beside the Hub's.
+    fn postgres(db: &TestDb) -> Self {
+        let dir = scratch();
+        let url = db.url();
+        Self {
+            reader_uri: url.replacen("postgres://", "postgresql+psycopg2://", 1),
+            catalog: url,
+            warehouse: dir.path().join("lake"),
+            dir,
+        }
+    }
+
+    fn export_cmd(&self, db: &TestDb, table: &str, args: &[&str]) -> Command {
+        let mut cmd = export_events(self.dir.path());
+        cmd.args(["-q", "--database-url", &db.url(), "--output"])
+            .arg(format!("iceberg:{table}"))
+            .args(["--catalog", &self.catalog, "--warehouse", "lake"])
+            .args(args);
+        cmd
+    }
+
+    fn export(&self, db: &TestDb, table: &str, args: &[&str]) -> Run {
+        Run::of(&mut self.export_cmd(db, table, args))
+    }
+
+    /// The table as pyiceberg reads it (`tests/readers/iceberg_table.py`).
+    fn read(&self, table: &str, since: Option<&str>) -> serde_json::Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/iceberg_table.py");
+        let warehouse = self.warehouse.display().to_string();
+        let out = Command::new(setting("EXPORT_EVENTS_TEST_ICEBERG_PYTHON"))
+            .arg(script)
+            .args([&self.reader_uri, &warehouse, table])
+            .args(since)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pyiceberg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The run folders under the table's data folder, and the pending records.
+    fn run_folders(&self, table: &str) -> (Vec<String>, Vec<String>) {
+        let data = self.warehouse.join(table.replace('.', "/")).join("data");
+        let own = self
+            .warehouse
+            .join(".export-events")
+            .join(table)
+            .join("pending");
+        let list = |dir: &Path| match dir.exists() {
+            true => files_in(dir),
+            false => Vec::new(),
+        };
+        (list(&data), list(&own))
+    }
+}
+
+/// The rows pyiceberg read, as `events_in_postgres` gives them.
+fn rows(table: &serde_json::Value) -> Vec<EventRow> {
+    let int = |v: &serde_json::Value| v.as_i64();
+    table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                int(&r[0]).unwrap(),
+                int(&r[1]).unwrap(),
+                r[2].as_str().unwrap().to_owned(),
+                r[3].as_bool().unwrap(),
+                int(&r[4]),
+                int(&r[5]),
+            )
+        })
+        .collect()
+}
+
+/// The timestamp `offset` events from the newest, as ISO 8601 in UTC.
+fn timestamp_at(db: &TestDb, offset: usize) -> String {
+    db.value(&format!(
+        "SELECT to_char(\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"') \
+         FROM events ORDER BY \"timestamp\" DESC, id DESC OFFSET {offset} LIMIT 1"
+    ))
+}
+
+#[test]
+fn an_export_is_one_snapshot_that_pyiceberg_and_duckdb_read_back_exactly() {
+    let db = TestDb::generated("ice_full", 20_000);
+    let lake = Lake::sqlite();
+    let run = lake.export(&db, "hub.events", &[]).success();
+    assert!(
+        run.stdout
+            .starts_with("Exported 20000 events to iceberg:hub.events (snapshot "),
+        "{run}"
+    );
+    let table = lake.read("hub.events", None);
+    assert_eq!(table["snapshots"], 1, "{table}");
+    assert_eq!(rows(&table), events_in_postgres(&db, None));
+    let summary = &table["summary"];
+    assert_eq!(summary["total-records"], "20000", "{summary}");
+    assert_eq!(summary["export-events.rows"], "20000", "{summary}");
+    assert!(
+        summary["export-events.pg-snapshot"].is_string(),
+        "{summary}"
+    );
+    let spec = table["spec"].as_str().unwrap();
+    assert!(spec.contains("day"), "partitioned by day: {spec}");
+    let sort = table["sort"].as_str().unwrap();
+    assert!(
+        sort.contains("2 DESC") && sort.contains("1 DESC"),
+        "newest first: {sort}"
+    );
+
+    // A filter on timestamp plans only the newest partitions' files, and reads their rows.
+    let since = timestamp_at(&db, 1_000);
+    let recent = lake.read("hub.events", Some(&since));
+    let (planned, files) = (recent["planned"].as_u64(), recent["files"].as_u64());
+    assert!(planned < files, "pruned: {planned:?} of {files:?} files");
+    assert_eq!(rows(&recent), events_in_postgres(&db, Some(&since)));
+
+    // DuckDB's own reader, on the committed metadata.
+    let metadata = table["metadata_location"].as_str().unwrap();
+    let duck = duckdb::Connection::open_in_memory().unwrap();
+    duck.execute_batch("LOAD iceberg").unwrap();
+    let (count, ids): (i64, i64) = duck
+        .query_row(
+            &format!("SELECT count(*), sum(id)::BIGINT FROM iceberg_scan('{metadata}')"),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(count, 20_000);
+    assert_eq!(ids.to_string(), db.value("SELECT sum(id) FROM events"));
+}
+
+#[test]
+fn a_table_that_holds_rows_is_refused_not_given_them_twice() {
+    let db = TestDb::sample("ice_twice");
+    let lake = Lake::sqlite();
+    lake.export(&db, "hub.events", &[]).success();
+    let before = lake.read("hub.events", None);
+    lake.export(&db, "hub.events", &[])
+        .failure(2, "already holds 15 rows");
+    let after = lake.read("hub.events", None);
+    assert_eq!(before["metadata_location"], after["metadata_location"]);
+    assert_eq!(lake.run_folders("hub.events").0.len(), 1);
+}
+
+#[test]
+fn a_postgres_catalog_holds_the_table_beside_the_hub() {
+    let db = TestDb::sample("ice_pg");
+    let lake = Lake::postgres(&db);
+    let run = lake.export(&db, "lake.hub.events", &["--partition-by", "month"]);
+    assert!(
+        run.stdout
+            .starts_with("Exported 15 events to iceberg:lake.hub.events"),
+        "{run}"
+    );
+    let table = lake.read("lake.hub.events", None);
+    assert_eq!(rows(&table), events_in_postgres(&db, None));
+    assert!(table["spec"].as_str().unwrap().contains("month"), "{table}");
+
+    // Wrong credentials: one line, no password, nothing written.
+    let (host, port) = server_address();
+    let role = setting("EXPORT_EVENTS_TEST_SCRAM_ROLE");
+    let wrong = format!("postgres://{role}:n0t-the-pw@{host}:{port}/{}", db.name);
+    let dir = scratch();
+    Run::of(export_events(dir.path()).args([
+        "-q",
+        "--database-url",
+        &db.url(),
+        "--output",
+        "iceberg:hub.other",
+        "--catalog",
+        &wrong,
+        "--warehouse",
+        "lake",
+    ]))
+    .failure(1, "opening catalog");
+    let run = Run::of(export_events(dir.path()).args([
+        "--database-url",
+        &db.url(),
+        "--output",
+        "iceberg:hub.other",
+        "--catalog",
+        &wrong,
+        "--warehouse",
+        "lake",
+    ]));
+    assert!(!run.stderr.contains("n0t-the-pw"), "{run}");
+    assert!(!dir.path().join("lake").join("hub").exists());
+}
+
+#[test]
+fn rule_buckets_partition_a_table_by_rule_without_a_folder_per_name() {
+    let db = TestDb::generated("ice_rule", 5_000);
+    let lake = Lake::sqlite();
+    lake.export(&db, "hub.by_rule", &["--partition-by", "rule"])
+        .success();
+    let table = lake.read("hub.by_rule", None);
+    assert!(
+        table["spec"].as_str().unwrap().contains("bucket"),
+        "{table}"
+    );
+    assert_eq!(rows(&table), events_in_postgres(&db, None));
+    let (runs, _) = lake.run_folders("hub.by_rule");
+    let parts = files_in(&lake.warehouse.join("hub/by_rule/data").join(&runs[0]));
+    assert!(
+        !parts.is_empty() && parts.iter().all(|p| p.starts_with("rule_bucket=")),
+        "{parts:?}"
+    );
+}
+
+/// Every point a run can be stopped at, with SIGKILL and SIGINT: readers see no snapshot or the
+/// whole one; the next run removes what a failed run wrote, then succeeds (or, after a commit,
+/// refuses a second copy); no data file of a failed run stays.
+#[test]
+fn a_run_stopped_anywhere_leaves_no_snapshot_or_a_whole_one() {
+    let db = TestDb::generated("ice_faults", 30_000);
+    let all = events_in_postgres(&db, None);
+    for point in ["export.streaming", "table.files-written", "table.committed"] {
+        for sig in ["KILL", "INT"] {
+            let label = format!("{point} with SIG{sig}");
+            let lake = Lake::sqlite();
+            let child = spawn_stopped_at(&mut lake.export_cmd(&db, "hub.events", &[]), point);
+            signal(child.id(), sig);
+            signal(child.id(), "CONT");
+            let ended = finish(child);
+            let committed = point == "table.committed";
+            match sig {
+                "KILL" => assert_eq!(ended.code, None, "{label}"),
+                _ if committed => assert!(matches!(ended.code, Some(0 | 130)), "{label}\n{ended}"),
+                _ => assert_eq!(ended.code, Some(130), "{label}\n{ended}"),
+            }
+            let table = lake.read("hub.events", None);
+            match committed {
+                true => assert_eq!(rows(&table), all, "{label}: the whole snapshot"),
+                false => assert!(
+                    table["rows"].as_array().is_none_or(Vec::is_empty),
+                    "{label}: no snapshot\n{table}"
+                ),
+            }
+            let next = lake.export(&db, "hub.events", &[]);
+            match committed {
+                true => {
+                    next.failure(2, "already holds 30000 rows");
+                }
+                false => {
+                    next.success();
+                }
+            }
+            assert_eq!(rows(&lake.read("hub.events", None)), all, "{label}");
+            let (runs, pending) = lake.run_folders("hub.events");
+            assert_eq!(
+                runs.len(),
+                1,
+                "{label}: only the committed run's files: {runs:?}"
+            );
+            assert!(pending.is_empty(), "{label}: {pending:?}");
+        }
+    }
+}
+
+#[test]
+fn a_second_run_on_the_same_table_waits_or_is_refused() {
+    let db = TestDb::sample("ice_overlap");
+    let lake = Lake::sqlite();
+    let first = spawn_stopped_at(
+        &mut lake.export_cmd(&db, "hub.events", &[]),
+        "export.streaming",
+    );
+    lake.export(&db, "hub.events", &[])
+        .failure(1, "is in use by another export-events run");
+    signal(first.id(), "CONT");
+    finish(first).success();
+    assert_eq!(rows(&lake.read("hub.events", None)).len(), 15);
+}
+
+#[test]
+fn a_full_disk_under_the_warehouse_fails_in_one_line_and_commits_nothing() {
+    let small = PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK"));
+    let db = TestDb::generated("ice_full_disk", 200_000);
+    let lake = Lake::sqlite();
+    let warehouse = small.join("ice_lake");
+    let run = Run::of(export_events(lake.dir.path()).args([
+        "-q",
+        "--database-url",
+        &db.url(),
+        "--output",
+        "iceberg:hub.events",
+        "--catalog",
+        &lake.catalog,
+        "--warehouse",
+        warehouse.to_str().unwrap(),
+        "--compression",
+        "none",
+    ]));
+    let run = run.failure(1, "no space left on device writing the table's data files");
+    let table = Lake {
+        warehouse: warehouse.clone(),
+        ..lake
+    };
+    assert!(
+        table.read("hub.events", None)["snapshot"].is_null(),
+        "{run}"
+    );
+    let (runs, pending) = table.run_folders("hub.events");
+    assert!(
+        runs.is_empty() && pending.is_empty(),
+        "{runs:?} {pending:?}"
+    );
+    std::fs::remove_dir_all(&warehouse).unwrap();
+}
+
+#[test]
+fn flags_that_cannot_apply_to_a_table_are_refused_before_anything_is_read() {
+    let dir = scratch();
+    let base = [
+        "--database-url",
+        "postgres://nobody@127.0.0.1:1/none",
+        "--output",
+        "iceberg:hub.events",
+        "--catalog",
+        "sqlite:lake.db",
+        "--warehouse",
+        "lake",
+    ];
+    for (extra, says) in [
+        (&["--format", "csv,parquet"][..], "--format is about files"),
+        (&["--keep", "2"][..], "--keep"),
+        (
+            &["--incremental", "--state", "s.json"][..],
+            "--state is about files",
+        ),
+    ] {
+        Run::of(export_events(dir.path()).args(base).args(extra)).failure(2, says);
+    }
+    Run::of(export_events(dir.path()).args(["--output", "iceberg:hub.events"]))
+        .failure(2, "needs --catalog");
+    Run::of(export_events(dir.path()).args(["-o", "x.csv", "--catalog", "sqlite:lake.db"]))
+        .failure(2, "use them with --output iceberg:");
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
+}
+
+/// Each version once: the rows pyiceberg reads, as `(id, version)` pairs, and the newest version
+/// of each event as `events_in_postgres` gives it (newest first).
+fn versions(table: &serde_json::Value) -> (Vec<(i64, i64)>, Vec<EventRow>) {
+    let all = table["rows"].as_array().unwrap();
+    let pairs = all
+        .iter()
+        .map(|r| (r[0].as_i64().unwrap(), r[6].as_i64().unwrap()))
+        .collect();
+    let mut newest: std::collections::BTreeMap<i64, (i64, EventRow)> = Default::default();
+    for (row, raw) in rows(table).into_iter().zip(all) {
+        let version = raw[6].as_i64().unwrap();
+        if newest.get(&row.0).is_none_or(|(v, _)| version > *v) {
+            newest.insert(row.0, (version, row));
+        }
+    }
+    let mut latest: Vec<EventRow> = newest.into_values().map(|(_, r)| r).collect();
+    latest.sort_by_key(|r| std::cmp::Reverse((r.1, r.0)));
+    (pairs, latest)
+}
+
+#[test]
+fn incremental_runs_append_each_change_once_with_the_cursor_in_the_table() {
+    let db = TestDb::generated("ice_incr", 3_000);
+    db.settle();
+    let lake = Lake::sqlite();
+    let first = lake
+        .export(&db, "hub.versions", &["--incremental"])
+        .success();
+    assert!(
+        first
+            .stdout
+            .starts_with("Exported 3000 events to iceberg:hub.versions"),
+        "{first}"
+    );
+    db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 10 = 0");
+    db.settle();
+    let second = lake
+        .export(&db, "hub.versions", &["--incremental"])
+        .success();
+    assert!(second.stdout.starts_with("Exported 300 events"), "{second}");
+    let none = lake
+        .export(&db, "hub.versions", &["--incremental"])
+        .success();
+    assert_eq!(
+        none.stdout,
+        "Exported 0 events to iceberg:hub.versions (nothing to add)\n"
+    );
+
+    let table = lake.read("hub.versions", None);
+    assert_eq!(table["snapshots"], 2, "no snapshot for nothing new");
+    assert!(
+        table["summary"]["export-events.horizon"].is_string(),
+        "{table}"
+    );
+    let (pairs, latest) = versions(&table);
+    assert_eq!(pairs.len(), 3_300, "each change once");
+    assert_eq!(
+        latest,
+        events_in_postgres(&db, None),
+        "the newest versions are the table"
+    );
+
+    // The README's query for the current table, in DuckDB.
+    let metadata = table["metadata_location"].as_str().unwrap();
+    let duck = duckdb::Connection::open_in_memory().unwrap();
+    duck.execute_batch("LOAD iceberg").unwrap();
+    let acknowledged: i64 = duck
+        .query_row(
+            &format!(
+                "SELECT count(*) FILTER (WHERE acknowledged) FROM (SELECT * FROM \
+                 iceberg_scan('{metadata}') QUALIFY row_number() OVER (PARTITION BY id \
+                 ORDER BY version DESC) = 1)"
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        acknowledged.to_string(),
+        db.value("SELECT count(*) FROM events WHERE acknowledged")
+    );
+
+    // A table a full export wrote has no cursor: incremental runs are refused there.
+    lake.export(&db, "hub.full", &[]).success();
+    lake.export(&db, "hub.full", &["--incremental"])
+        .failure(2, "give the incremental runs a table of their own");
+}
+
+/// Incremental runs stopped at every point, with both signals: across all runs each change is
+/// in the table once, and the newest versions are the table.
+#[test]
+fn incremental_runs_stopped_anywhere_hold_each_change_once() {
+    let db = TestDb::generated("ice_incr_faults", 2_000);
+    db.settle();
+    let lake = Lake::sqlite();
+    lake.export(&db, "hub.versions", &["--incremental"])
+        .success();
+    let mut changes = 2_000;
+    let mut case = 0;
+    for point in ["export.streaming", "table.files-written", "table.committed"] {
+        for sig in ["KILL", "INT"] {
+            let label = format!("{point} with SIG{sig}");
+            case += 1;
+            db.sql(&format!(
+                "UPDATE events SET acknowledged = NOT acknowledged WHERE id % 50 = {case}"
+            ));
+            db.settle();
+            let changed: usize = db
+                .value(&format!(
+                    "SELECT count(*) FROM events WHERE id % 50 = {case}"
+                ))
+                .parse()
+                .unwrap();
+            changes += changed;
+            let child = spawn_stopped_at(
+                &mut lake.export_cmd(&db, "hub.versions", &["--incremental"]),
+                point,
+            );
+            signal(child.id(), sig);
+            signal(child.id(), "CONT");
+            finish(child);
+            lake.export(&db, "hub.versions", &["--incremental"])
+                .success();
+            let (pairs, latest) = versions(&lake.read("hub.versions", None));
+            assert_eq!(pairs.len(), changes, "{label}: each change once");
+            assert_eq!(latest, events_in_postgres(&db, None), "{label}");
+            let (_, pending) = lake.run_folders("hub.versions");
+            assert!(pending.is_empty(), "{label}: {pending:?}");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+"""Reads an Iceberg table with pyiceberg, a reader independent of export-events, for the tests.
+
+    iceberg_table.py CATALOG_URI WAREHOUSE NAMESPACE.TABLE [SINCE]
+
+CATALOG_URI is SQLAlchemy's (sqlite:////abs/lake.db, postgresql+psycopg2://...); the catalog is
+the SQL catalog named "default". Prints one JSON object: whether the table exists, its current
+snapshot (id, summary), how many snapshots it has, its partition spec and sort order, how many
+data files a full scan plans and how many a scan with `timestamp >= SINCE` plans (partition
+pruning), and the rows that scan reads, as [id, epoch microseconds, rule, acknowledged,
+telemetry id, device id] (and the version, in a table of incremental runs), newest first.
+"""
+import json
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, GreaterThanOrEqual
+
+uri, warehouse, name = sys.argv[1:4]
+since = sys.argv[4] if len(sys.argv) > 4 else None
+catalog = SqlCatalog("default", uri=uri, warehouse=warehouse)
+try:
+    table = catalog.load_table(name)
+except NoSuchTableError:
+    print(json.dumps({"exists": False}))
+    sys.exit(0)
+
+snapshot = table.current_snapshot()
+out = {
+    "exists": True,
+    "metadata_location": table.metadata_location,
+    "snapshots": len(table.metadata.snapshots),
+    "snapshot": snapshot.snapshot_id if snapshot else None,
+    "summary": dict(snapshot.summary.additional_properties) if snapshot else {},
+    "spec": str(table.spec()),
+    "sort": str(table.sort_order()),
+    "files": 0,
+    "planned": 0,
+    "rows": [],
+}
+if snapshot:
+    out["files"] = sum(1 for _ in table.scan().plan_files())
+    row_filter = GreaterThanOrEqual("timestamp", since) if since else AlwaysTrue()
+    scan = table.scan(row_filter=row_filter)
+    out["planned"] = sum(1 for _ in scan.plan_files())
+    rows = scan.to_arrow().sort_by([("timestamp", "descending"), ("id", "descending")])
+    micros = pc.cast(rows["timestamp"], pa.int64()).to_pylist()
+    columns = [
+        rows["id"].to_pylist(),
+        micros,
+        rows["rule"].to_pylist(),
+        rows["acknowledged"].to_pylist(),
+        rows["trigger_telemetry_id"].to_pylist(),
+        rows["trigger_device_id"].to_pylist(),
+    ]
+    if "version" in rows.column_names:
+        columns.append(rows["version"].to_pylist())
+    out["rows"] = [list(row) for row in zip(*columns)]
+print(json.dumps(out))
