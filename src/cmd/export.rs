@@ -20,7 +20,6 @@ use crate::pipeline::{self, Exported, Layout};
 use crate::retention::{self, Keep, TIME};
 use crate::sink::dataset::PartitionBy;
 use crate::sink::manifest::{self, Manifest};
-use crate::sink::table::TableOutput;
 use crate::source::engine::{literal, Engine, CATALOG};
 use crate::source::identity::{self, Identity};
 use crate::source::plan::{self, Plan};
@@ -41,14 +40,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
 /// One export, reading PostgreSQL in `snapshot` (exported by another session, which must hold
 /// it until this returns) when given: the initial export of a change feed.
 pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Result<Exported> {
-    let output = &args.output;
-    let table = TableOutput::resolve(
-        output.output.as_deref(),
-        output.catalog.as_deref(),
-        output.warehouse.as_deref(),
-        &ctx.cwd,
-    )?;
-    if let Some(table) = table {
+    if let Some(table) = super::table::output(ctx, args)? {
         return super::table::run(ctx, args, table);
     }
     let since = ctx.since(args.since.as_deref())?;

@@ -43,6 +43,18 @@ use crate::{fault, fixtures, model, source};
 const HORIZON: &str = "export-events.horizon";
 const SOURCE: &str = "export-events.source-id";
 
+/// The table `--output iceberg:…` names, with `--catalog` and `--warehouse`; `None` for other
+/// outputs.
+pub fn output(ctx: &Context, args: &ExportArgs) -> Result<Option<TableOutput>, UsageError> {
+    let output = &args.output;
+    TableOutput::resolve(
+        output.output.as_deref(),
+        output.catalog.as_deref(),
+        output.warehouse.as_deref(),
+        &ctx.cwd,
+    )
+}
+
 /// One export into `output`.
 pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Exported> {
     let since = ctx.since(args.since.as_deref())?;

@@ -394,7 +394,16 @@ pub fn events_in_postgres(db: &TestDb, since: Option<&str>) -> Vec<EventRow> {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let int = |v: &serde_json::Value| v.as_str().map(|s| s.parse::<i64>().unwrap());
+    event_rows(&rows)
+}
+
+/// Rows of JSON arrays `[id, epoch microseconds, rule, acknowledged, telemetry id, device id]`
+/// (integers as numbers or as text) as [`EventRow`]s.
+pub fn event_rows(rows: &[serde_json::Value]) -> Vec<EventRow> {
+    let int = |v: &serde_json::Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().map(|s| s.parse::<i64>().unwrap()))
+    };
     rows.iter()
         .map(|r| {
             (

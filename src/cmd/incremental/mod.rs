@@ -51,14 +51,7 @@ const DEFAULT_TEMPLATE: &str = "exports/events_{time}";
 
 /// One incremental run.
 pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
-    let output = &args.output;
-    let table = crate::sink::table::TableOutput::resolve(
-        output.output.as_deref(),
-        output.catalog.as_deref(),
-        output.warehouse.as_deref(),
-        &ctx.cwd,
-    )?;
-    if let Some(table) = table {
+    if let Some(table) = crate::cmd::table::output(ctx, args)? {
         // The table keeps the cursor in its snapshots.
         return crate::cmd::table::run(ctx, args, table);
     }
