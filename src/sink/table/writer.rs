@@ -2,11 +2,16 @@
 //! writers, which record each file's partition, row count and column bounds for the commit
 //! (what lets readers prune files), one partition at a time.
 //!
-//! The rows arrive newest first, so each partition (a day, a month) arrives as one run of rows
-//! and the clustered writer holds one file open at a time. Files go to the run's own folder
+//! The rows arrive newest first, so each partition (a day, a month) arrives as one run of rows:
+//! a batch is cut into its runs (slices, not copies), and a clustered writer holds one file open
+//! at a time. Two such writers, on threads of their own, take alternate partitions, so encoding
+//! runs on two cores as the Parquet sink's does. Files go to the run's own folder
 //! (`data/run-<id>/…`, [`super::pending`]), so a failed run's files are one folder to remove.
 
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use anyhow::{Context as _, Result};
 use arrow::array::AsArray as _;
@@ -14,10 +19,13 @@ use arrow::array::Int64Array;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use iceberg::arrow::{
-    schema_to_arrow_schema, PartitionValueCalculator, RecordBatchPartitionSplitter,
+    arrow_struct_to_literal, schema_to_arrow_schema, PartitionValueCalculator,
+    RecordBatchPartitionSplitter,
 };
 use iceberg::spec::{DataFile, DataFileFormat};
-use iceberg::spec::{PartitionKey, Transform};
+use iceberg::spec::{
+    Literal, PartitionKey, PartitionSpec, SchemaRef as IcebergSchemaRef, StructType, Transform,
+};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
@@ -60,12 +68,69 @@ impl Partitions {
     }
 }
 
+/// Files encoded at once. Partitions are independent files, so two threads encode side by side
+/// (as the Parquet sink encodes columns on two): each takes the partitions whose key hashes to
+/// it, so a partition stays on one thread and each thread's partitions come in order.
+const WORKERS: usize = 2;
+/// Pieces of rows waiting per worker.
+const QUEUE: usize = 16;
+
+type Piece = (PartitionKey, RecordBatch);
+
+/// A thread writing some of the partitions.
+struct Worker {
+    sender: Option<SyncSender<Piece>>,
+    thread: Option<JoinHandle<iceberg::Result<Vec<DataFile>>>>,
+}
+
+impl Worker {
+    fn start(mut writer: Partitions) -> Result<Self> {
+        let (sender, pieces) = sync_channel::<Piece>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("export-events-table".into())
+            .spawn(move || {
+                for (key, rows) in pieces {
+                    runtime().block_on(writer.write(key, rows))?;
+                }
+                runtime().block_on(writer.close())
+            })
+            .context("starting a table writer thread")?;
+        Ok(Self {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for the thread: its files, or its error.
+    fn finish(&mut self) -> Result<iceberg::Result<Vec<DataFile>>> {
+        self.sender = None;
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a table writer thread panicked")),
+            None => Ok(Ok(Vec::new())),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // However the run ends, the files are closed before their folder may be removed.
+        let _ = self.finish();
+    }
+}
+
 /// The data files of one table, being written.
 pub struct TableSink {
-    writer: Partitions,
+    workers: Vec<Worker>,
     splitter: RecordBatchPartitionSplitter,
-    /// For one file at a time: finds where each run of a batch's rows begins.
-    runs: Option<PartitionValueCalculator>,
+    /// For one file at a time: the partition of each row, to find where each run of rows begins.
+    runs: Option<(
+        PartitionValueCalculator,
+        StructType,
+        PartitionSpec,
+        IcebergSchemaRef,
+    )>,
     /// The table's columns as Arrow has them, with their Iceberg field ids.
     schema: SchemaRef,
     /// Where the files go, for messages.
@@ -88,12 +153,6 @@ impl TableSink {
         let schema = Arc::new(
             schema_to_arrow_schema(&iceberg_schema).context("the table's schema in Arrow")?,
         );
-        let files = RollingFileWriterBuilder::new_with_default_file_size(
-            ParquetWriterBuilder::new(properties(encoding.compression), iceberg_schema.clone()),
-            table.file_io().clone(),
-            DefaultLocationGenerator::with_data_location(folder.clone()),
-            DefaultFileNameGenerator::new("part".to_owned(), None, DataFileFormat::Parquet),
-        );
         let spec = metadata.default_partition_spec();
         let by_time = spec.fields().iter().all(|f| {
             matches!(
@@ -101,16 +160,34 @@ impl TableSink {
                 Transform::Year | Transform::Month | Transform::Day | Transform::Hour
             )
         });
-        let builder = DataFileWriterBuilder::new(files);
-        let (writer, runs) = match by_time {
-            true => (
-                Partitions::Clustered(Box::new(ClusteredWriter::new(builder))),
-                Some(PartitionValueCalculator::try_new(spec, &iceberg_schema)?),
-            ),
-            false => (
-                Partitions::Fanout(Box::new(FanoutWriter::new(builder))),
-                None,
-            ),
+        // One file-name generator for all workers: names stay unique.
+        let names = DefaultFileNameGenerator::new("part".to_owned(), None, DataFileFormat::Parquet);
+        let workers = (0..WORKERS)
+            .map(|_| {
+                let files = RollingFileWriterBuilder::new_with_default_file_size(
+                    ParquetWriterBuilder::new(
+                        properties(encoding.compression),
+                        iceberg_schema.clone(),
+                    ),
+                    table.file_io().clone(),
+                    DefaultLocationGenerator::with_data_location(folder.clone()),
+                    names.clone(),
+                );
+                let builder = DataFileWriterBuilder::new(files);
+                Worker::start(match by_time {
+                    true => Partitions::Clustered(Box::new(ClusteredWriter::new(builder))),
+                    false => Partitions::Fanout(Box::new(FanoutWriter::new(builder))),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let runs = match by_time {
+            true => Some((
+                PartitionValueCalculator::try_new(spec, &iceberg_schema)?,
+                spec.partition_type(&iceberg_schema)?,
+                spec.as_ref().clone(),
+                iceberg_schema.clone(),
+            )),
+            false => None,
         };
         let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
             iceberg_schema,
@@ -118,7 +195,7 @@ impl TableSink {
         )
         .context("the table's partitioning")?;
         Ok(Self {
-            writer,
+            workers,
             splitter,
             runs,
             schema,
@@ -127,22 +204,40 @@ impl TableSink {
         })
     }
 
-    /// `batch` in pieces of one partition each, in the order its rows come for one file at a
-    /// time (the splitter alone groups them in no particular order).
-    fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>> {
-        let Some(calculator) = &self.runs else {
+    /// `batch` in pieces of one partition each: for one file at a time, its runs of rows in the
+    /// order they come, as slices (the splitter alone groups rows in no particular order, by
+    /// copying them).
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<Piece>> {
+        let Some((calculator, partition_type, spec, schema)) = &self.runs else {
             return Ok(self.splitter.split(batch)?);
         };
         let values = calculator.calculate(batch)?;
         let runs = arrow::compute::kernels::partition::partition(values.as_struct().columns())?;
-        let mut parts = Vec::new();
+        let mut pieces = Vec::new();
         for range in runs.ranges() {
-            parts.extend(
-                self.splitter
-                    .split(&batch.slice(range.start, range.len()))?,
-            );
+            let first = values.slice(range.start, 1);
+            let key = match arrow_struct_to_literal(&first, partition_type)?.pop() {
+                Some(Some(Literal::Struct(key))) => key,
+                _ => anyhow::bail!("no partition value for the rows of {}", self.folder),
+            };
+            pieces.push((
+                PartitionKey::new(spec.clone(), schema.clone(), key),
+                batch.slice(range.start, range.len()),
+            ));
         }
-        Ok(parts)
+        Ok(pieces)
+    }
+
+    /// The first failure of a worker, once a send to it failed (it stopped on an error).
+    fn failure(&mut self) -> anyhow::Error {
+        for worker in &mut self.workers {
+            match worker.finish() {
+                Err(e) => return e,
+                Ok(Err(e)) => return self.failed(e),
+                Ok(Ok(_)) => {}
+            }
+        }
+        anyhow::anyhow!("a table writer thread stopped")
     }
 
     fn failed(&self, e: iceberg::Error) -> anyhow::Error {
@@ -162,20 +257,34 @@ impl Sink<Vec<DataFile>> for TableSink {
         }
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .context("the export's rows as the table's columns")?;
-        let parts = self.split(&batch)?;
-        for (partition, rows) in parts {
-            let written = runtime().block_on(self.writer.write(partition, rows));
-            written.map_err(|e| self.failed(e))?;
+        for piece in self.split(&batch)? {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            piece.0.data().hash(&mut hasher);
+            let worker = (hasher.finish() % WORKERS as u64) as usize;
+            let sent = match &self.workers[worker].sender {
+                Some(sender) => sender.send(piece).is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Err(self.failure());
+            }
         }
         Ok(())
     }
 
-    fn close(self: Box<Self>) -> Result<Vec<DataFile>> {
-        let folder = self.folder.clone();
-        runtime()
-            .block_on(self.writer.close())
-            .map_err(|e| full_disk(&e, &folder).unwrap_or_else(|| e.into()))
-            .with_context(|| format!("finishing the data files in {folder}"))
+    fn close(mut self: Box<Self>) -> Result<Vec<DataFile>> {
+        let mut files = Vec::new();
+        let mut workers = std::mem::take(&mut self.workers);
+        for worker in &mut workers {
+            match worker.finish()? {
+                Ok(written) => files.extend(written),
+                Err(e) => {
+                    return Err(self.failed(e))
+                        .with_context(|| format!("finishing the data files in {}", self.folder))
+                }
+            }
+        }
+        Ok(files)
     }
 }
 
