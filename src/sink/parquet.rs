@@ -14,6 +14,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as Codec, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 
 use super::format::{Compression, Encoding, Format};
 use super::{AtomicFile, Sink, Staged, Target};
@@ -38,6 +39,12 @@ fn create(target: &Target, schema: SchemaRef, encoding: &Encoding) -> Result<Box
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
 pub const ROW_GROUP_BYTES: usize = 128 << 20;
 
+/// Columns of the event whose values are (nearly) all distinct. A dictionary of them only
+/// costs hashing every value until it outgrows its page (1 MiB, about 128k values) and falls
+/// back to plain encoding; in small files (a table's day partitions) it never does, and every
+/// id is hashed for nothing.
+const DISTINCT: [&str; 3] = ["id", "timestamp", "trigger_telemetry_id"];
+
 /// How every Parquet file of the project is encoded (files, dataset parts, table data files):
 /// the codec, the row groups, who wrote it.
 pub fn properties(compression: Compression) -> WriterProperties {
@@ -47,7 +54,11 @@ pub fn properties(compression: Compression) -> WriterProperties {
         Compression::Gzip => Codec::GZIP(GzipLevel::default()),
         Compression::None => Codec::UNCOMPRESSED,
     };
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder();
+    for column in DISTINCT {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    builder
         .set_compression(codec)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
