@@ -1,6 +1,6 @@
 //! Every parser of input the tool does not control, fed what a hostile or broken peer could send:
-//! `--since`, connection strings and URLs, `s3://` URLs, `--format` lists, manifests, and the
-//! replication stream's pgoutput messages. Whatever comes, the answer is a value or an error,
+//! `--since`, connection strings and URLs, `s3://` URLs, `--format` lists, manifests, Iceberg
+//! table names and catalogs, and the replication stream's pgoutput messages. Whatever comes, the answer is a value or an error,
 //! never a panic. (Properties run by proptest in CI; the same functions are what a cargo-fuzz
 //! target would call.)
 
@@ -78,6 +78,32 @@ proptest! {
     fn object_urls_and_format_lists_never_panic(text in texty()) {
         let _ = sink::object::parse(&text);
         let _ = sink::registry::parse(&text);
+    }
+
+    #[test]
+    fn table_names_and_catalogs_never_panic_and_stay_in_the_warehouse(
+        name in prop_oneof![texty(), "[a-zA-Z0-9_./]{0,30}", "[a-z_]{1,8}(\\.[a-z_.]{0,8}){1,3}"],
+        catalog in prop_oneof![texty(), "sqlite:[a-z0-9_./?=]{0,30}"],
+    ) {
+        use export_events::sink::table::{catalog::CatalogSpec, TableOutput};
+        let cwd = std::path::Path::new("/nonexistent/cwd");
+        let output = format!("iceberg:{name}");
+        let resolved = TableOutput::resolve(
+            Some(std::path::Path::new(&output)),
+            Some("sqlite:lake.db"),
+            Some(std::path::Path::new("wh")),
+            cwd,
+        );
+        if let Ok(Some(table)) = resolved {
+            // Whatever the name, what the tool keeps beside the table stays in the warehouse.
+            let own = table.own_folder();
+            prop_assert!(own.starts_with(cwd.join("wh/.export-events")), "{own:?}");
+            prop_assert!(!own.components().any(|c| c == std::path::Component::ParentDir));
+            prop_assert_eq!(own.components().count(), cwd.join("wh/.export-events/x").components().count());
+        }
+        if let Ok(spec) = CatalogSpec::parse(&catalog, cwd) {
+            let _ = spec.shown();
+        }
     }
 
     #[test]
