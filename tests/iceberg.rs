@@ -489,3 +489,28 @@ fn incremental_runs_stopped_anywhere_hold_each_change_once() {
         }
     }
 }
+
+#[test]
+fn a_hub_with_naive_timestamps_gets_an_iceberg_timestamp_without_zone() {
+    let db = TestDb::sample("ice_naive");
+    // What Django makes with USE_TZ = False: `timestamp without time zone`, the same wall clock.
+    db.sql(
+        "ALTER TABLE events ALTER COLUMN \"timestamp\" TYPE timestamp without time zone \
+         USING \"timestamp\" AT TIME ZONE 'UTC'",
+    );
+    let lake = Lake::sqlite();
+    lake.export(&db, "hub.naive", &[]).success();
+    let table = lake.read("hub.naive", None);
+    assert_eq!(rows(&table), events_in_postgres(&db, None));
+    let metadata = std::fs::read_to_string(
+        table["metadata_location"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("file:"),
+    )
+    .unwrap();
+    assert!(
+        metadata.contains("\"type\":\"timestamp\"") && !metadata.contains("timestamptz"),
+        "{metadata}"
+    );
+}
