@@ -76,6 +76,26 @@ impl Lake {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Another writer's commit: pyiceberg appends one event (id -1) to `table`.
+    fn append_one(&self, table: &str) {
+        let script = "import sys, datetime, pyarrow as pa\n\
+            from pyiceberg.catalog.sql import SqlCatalog\n\
+            t = SqlCatalog('default', uri=sys.argv[1], warehouse=sys.argv[2]).load_table(sys.argv[3])\n\
+            row = dict(id=-1, timestamp=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc), \
+            rule='other writer', acknowledged=False, trigger_telemetry_id=None, trigger_device_id=None)\n\
+            t.append(pa.Table.from_pylist([row], schema=t.schema().as_arrow()))\n";
+        let warehouse = self.warehouse.display().to_string();
+        let out = Command::new(setting("EXPORT_EVENTS_TEST_ICEBERG_PYTHON"))
+            .args(["-c", script, &self.reader_uri, &warehouse, table])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pyiceberg append: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The run folders under the table's data folder, and the pending records.
     fn run_folders(&self, table: &str) -> (Vec<String>, Vec<String>) {
         let data = self.warehouse.join(table.replace('.', "/")).join("data");
@@ -512,5 +532,30 @@ fn a_hub_with_naive_timestamps_gets_an_iceberg_timestamp_without_zone() {
     assert!(
         metadata.contains("\"type\":\"timestamp\"") && !metadata.contains("timestamptz"),
         "{metadata}"
+    );
+}
+
+#[test]
+fn a_commit_by_another_writer_meanwhile_stops_the_run_and_commits_nothing() {
+    let db = TestDb::sample("ice_conflict");
+    let lake = Lake::sqlite();
+    let child = spawn_stopped_at(
+        &mut lake.export_cmd(&db, "hub.events", &[]),
+        "table.files-written",
+    );
+    // The table now has a snapshot this run did not start from.
+    lake.append_one("hub.events");
+    signal(child.id(), "CONT");
+    finish(child).failure(1, "was changed by another writer while this run exported");
+    let table = lake.read("hub.events", None);
+    assert_eq!(table["snapshots"], 1, "only the other writer's: {table}");
+    assert_eq!(rows(&table).len(), 1);
+    // The failed run's files are the next run's to remove (it then refuses the full export).
+    lake.export(&db, "hub.events", &[])
+        .failure(2, "already holds 1 rows");
+    let (runs, pending) = lake.run_folders("hub.events");
+    assert!(
+        runs.iter().all(|r| !r.starts_with("run-")) && pending.is_empty(),
+        "{runs:?} {pending:?}"
     );
 }
