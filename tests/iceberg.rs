@@ -513,11 +513,7 @@ fn incremental_runs_stopped_anywhere_hold_each_change_once() {
 #[test]
 fn a_hub_with_naive_timestamps_gets_an_iceberg_timestamp_without_zone() {
     let db = TestDb::sample("ice_naive");
-    // What Django makes with USE_TZ = False: `timestamp without time zone`, the same wall clock.
-    db.sql(
-        "ALTER TABLE events ALTER COLUMN \"timestamp\" TYPE timestamp without time zone \
-         USING \"timestamp\" AT TIME ZONE 'UTC'",
-    );
+    db.use_tz_false();
     let lake = Lake::sqlite();
     lake.export(&db, "hub.naive", &[]).success();
     let table = lake.read("hub.naive", None);

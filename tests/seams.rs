@@ -291,11 +291,7 @@ fn inputs_that_once_panicked_or_were_half_supported_are_refused_in_one_line() {
 #[test]
 fn a_hub_with_use_tz_false_gets_naive_timestamps_end_to_end() {
     let db = TestDb::sample("seam_naive");
-    // What Django makes with USE_TZ = False: `timestamp without time zone`, the same wall clock.
-    db.sql(
-        "ALTER TABLE events ALTER COLUMN \"timestamp\" TYPE timestamp without time zone \
-         USING \"timestamp\" AT TIME ZONE 'UTC'",
-    );
+    db.use_tz_false();
     let dir = scratch();
     export(dir.path(), &db, &["--format", "csv,parquet"]).success();
     let expected = String::from_utf8(compat_bytes("expected_all.csv"))

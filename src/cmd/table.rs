@@ -93,9 +93,9 @@ pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Expo
     let base = table.metadata().current_snapshot_id();
 
     let read = export::begin(&opened, None)?;
-    let (plan, horizon, progress) = match origin.filter(|_| args.incremental) {
-        Some(origin) => {
-            let horizon = Horizon::read(&opened.engine)?;
+    let (plan, horizon, progress) = match (origin.filter(|_| args.incremental), &read) {
+        (Some(origin), Some(read)) => {
+            let horizon = Horizon::read(&opened.engine, read.clone())?;
             let previous = match &cursor {
                 Some((previous, identity)) => {
                     check_source(identity, &horizon.source, &output)?;
@@ -119,7 +119,7 @@ pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Expo
             };
             (plan, Some(horizon), progress)
         }
-        None => {
+        _ => {
             let plan = export::read_plan(ctx, args, &opened, since, false)?;
             let progress =
                 pipeline::progress_bar(&opened.engine, since, opened.dialect, ctx.quiet)?;

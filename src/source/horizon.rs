@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 
 use super::engine::Engine;
-use super::identity::{self, Identity};
+use super::identity::Identity;
 use super::query::{in_postgres, Window};
 
 /// The widest window `age()` can tell apart.
@@ -34,15 +34,15 @@ impl Horizon {
         age((s.horizon::text::bigint % 4294967296)::text::xid)::bigint AS horizon_age \
         FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) AS s";
 
-    /// Inside the run's transaction: its horizon, and what it belongs to.
-    pub fn read(engine: &Engine) -> Result<Self> {
+    /// Inside the run's transaction: its horizon, with what it belongs to and the snapshot
+    /// (`identity::read`, in the same transaction; callers have usually read it already).
+    pub fn read(engine: &Engine, (source, text): (Identity, String)) -> Result<Self> {
         let (horizon, horizon_age) = engine
             .connection()
             .query_row(&in_postgres(Self::SQL), [], |row| {
                 Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
             })
             .context("reading PostgreSQL's snapshot horizon")?;
-        let (source, text) = identity::read(engine)?;
         Ok(Self {
             horizon,
             horizon_age,

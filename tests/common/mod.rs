@@ -126,6 +126,15 @@ impl TestDb {
         panic!("a transaction on the test server stayed open for a minute; nothing settles");
     }
 
+    /// Makes `events.timestamp` what Django makes with USE_TZ = False: `timestamp without time
+    /// zone`, the same wall clock (read as UTC).
+    pub fn use_tz_false(&self) {
+        self.sql(
+            "ALTER TABLE events ALTER COLUMN \"timestamp\" TYPE timestamp without time zone \
+             USING \"timestamp\" AT TIME ZONE 'UTC'",
+        );
+    }
+
     /// Runs SQL in this database (fails the test on error).
     pub fn sql(&self, sql: &str) {
         psql_at(&self.url(), &[sql], &[]);

@@ -40,6 +40,7 @@ use crate::sink::manifest::{self, Manifest};
 use crate::sink::{self, object, Target};
 use crate::source::engine::Engine;
 use crate::source::horizon::Horizon;
+use crate::source::identity;
 use crate::source::plan::Plan;
 use crate::source::query::{self, Dialect};
 use crate::source::settings::Source;
@@ -101,7 +102,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     let (engine, zone) = (opened.engine, opened.zone);
     // DuckDB's transaction is a REPEATABLE READ one in PostgreSQL: one snapshot for all below.
     run_sql(&engine, "BEGIN TRANSACTION")?;
-    let snapshot = Horizon::read(&engine)?;
+    let snapshot = Horizon::read(&engine, identity::read(&engine)?)?;
     let mut state = match previous {
         Some(previous) => {
             previous.check_source(&snapshot.source, &state_target.path)?;
