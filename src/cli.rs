@@ -111,7 +111,8 @@ pub struct GlobalArgs {
 pub struct OutputArgs {
     /// Where to write [export: a file, default exports/events_export.csv (or .parquet), folder
     /// created when missing; --incremental: a template where {time} becomes the run's UTC time,
-    /// default exports/events_{time}.csv; changes: a folder, default exports/changes]. With
+    /// default exports/events_{time}.csv; changes: a folder, default exports/changes], or an
+    /// Apache Iceberg table, iceberg:NAMESPACE.TABLE (with --catalog and --warehouse). With
     /// several formats the first format's file is this one and the others go beside it with the
     /// same stem.
     #[arg(long, short, value_name = "PATH")]
@@ -263,9 +264,18 @@ pub struct GenerateArgs {
 /// `verify`: an export against its manifest.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The manifest (`<output>.manifest.json`).
+    /// The manifest (`<output>.manifest.json`), or an Iceberg table (iceberg:NAMESPACE.TABLE,
+    /// with --catalog and --warehouse), whose current snapshot is checked.
     #[arg(value_name = "MANIFEST")]
     pub manifest: PathBuf,
+
+    /// With iceberg:NAMESPACE.TABLE: the table's catalog, as for exports.
+    #[arg(long, value_name = "CATALOG")]
+    pub catalog: Option<String>,
+
+    /// With iceberg:NAMESPACE.TABLE: the table's warehouse, as for exports.
+    #[arg(long, value_name = "FOLDER")]
+    pub warehouse: Option<PathBuf>,
 }
 
 /// `changes`: the change feed.
@@ -281,8 +291,9 @@ pub struct ChangesArgs {
     #[arg(long, conflicts_with_all = ["status", "drop_slot"])]
     pub create_slot: bool,
 
-    /// With --create-slot: take the initial export to PATH (in the change files' --format)
-    /// inside the slot's snapshot, so that it plus the feed is the table, with no overlap.
+    /// With --create-slot: take the initial export to PATH (in the change files' --format, or
+    /// into iceberg:NAMESPACE.TABLE of the feed's catalog) inside the slot's snapshot, so that it
+    /// plus the feed is the table, with no overlap.
     #[arg(long, value_name = "PATH", requires = "create_slot")]
     pub initial_export: Option<PathBuf>,
 

@@ -288,6 +288,18 @@ pub fn change_schema(zone: Zone) -> SchemaRef {
     ))
 }
 
+/// The column a table of changes adds after the change columns: the change's position in its
+/// transaction (0, 1, ...). Rows of a table have no order, so (`lsn`, `position`) is what
+/// orders the changes, and names each one (JetStream messages carry it in their ids).
+pub const POSITION: &str = "position";
+
+/// The schema of a table of changes: the change columns, then [`POSITION`].
+pub fn change_table_schema(zone: Zone) -> SchemaRef {
+    let mut fields: Vec<Field> = change_columns().iter().map(|c| c.field(zone)).collect();
+    fields.push(Field::new(POSITION, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,112 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
+use common::lake::Lake;
 use common::*;
-
-/// A catalog and a warehouse in a scratch folder.
-struct Lake {
-    dir: tempfile::TempDir,
-    /// `--catalog` as export-events takes it.
-    catalog: String,
-    /// The same catalog as SQLAlchemy names it, for pyiceberg.
-    reader_uri: String,
-    warehouse: PathBuf,
-}
-
-impl Lake {
-    /// A SQLite catalog file (not yet created) and a warehouse folder.
-    fn sqlite() -> Self {
-        let dir = scratch();
-        let file = dir.path().join("catalog/lake.db");
-        Self {
-            catalog: "sqlite:catalog/lake.db".to_owned(),
-            reader_uri: format!("sqlite:///{}", file.display()),
-            warehouse: dir.path().join("lake"),
-            dir,
-        }
-    }
-
-    /// The catalog's tables in `db`, beside the Hub's.
-    fn postgres(db: &TestDb) -> Self {
-        let dir = scratch();
-        let url = db.url();
-        Self {
-            reader_uri: url.replacen("postgres://", "postgresql+psycopg2://", 1),
-            catalog: url,
-            warehouse: dir.path().join("lake"),
-            dir,
-        }
-    }
-
-    fn export_cmd(&self, db: &TestDb, table: &str, args: &[&str]) -> Command {
-        let mut cmd = export_events(self.dir.path());
-        cmd.args(["-q", "--database-url", &db.url(), "--output"])
-            .arg(format!("iceberg:{table}"))
-            .args(["--catalog", &self.catalog, "--warehouse", "lake"])
-            .args(args);
-        cmd
-    }
-
-    fn export(&self, db: &TestDb, table: &str, args: &[&str]) -> Run {
-        Run::of(&mut self.export_cmd(db, table, args))
-    }
-
-    /// The table as pyiceberg reads it (`tests/readers/iceberg_table.py`).
-    fn read(&self, table: &str, since: Option<&str>) -> serde_json::Value {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/iceberg_table.py");
-        let warehouse = self.warehouse.display().to_string();
-        let out = Command::new(setting("EXPORT_EVENTS_TEST_ICEBERG_PYTHON"))
-            .arg(script)
-            .args([&self.reader_uri, &warehouse, table])
-            .args(since)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pyiceberg: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Another writer's commit: pyiceberg appends one event (id -1) to `table`.
-    fn append_one(&self, table: &str) {
-        let script = "import sys, datetime, pyarrow as pa\n\
-            from pyiceberg.catalog.sql import SqlCatalog\n\
-            t = SqlCatalog('default', uri=sys.argv[1], warehouse=sys.argv[2]).load_table(sys.argv[3])\n\
-            row = dict(id=-1, timestamp=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc), \
-            rule='other writer', acknowledged=False, trigger_telemetry_id=None, trigger_device_id=None)\n\
-            t.append(pa.Table.from_pylist([row], schema=t.schema().as_arrow()))\n";
-        let warehouse = self.warehouse.display().to_string();
-        let out = Command::new(setting("EXPORT_EVENTS_TEST_ICEBERG_PYTHON"))
-            .args(["-c", script, &self.reader_uri, &warehouse, table])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pyiceberg append: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// The run folders under the table's data folder, and the pending records.
-    fn run_folders(&self, table: &str) -> (Vec<String>, Vec<String>) {
-        let data = self.warehouse.join(table.replace('.', "/")).join("data");
-        let own = self
-            .warehouse
-            .join(".export-events")
-            .join(table)
-            .join("pending");
-        let list = |dir: &Path| match dir.exists() {
-            true => files_in(dir),
-            false => Vec::new(),
-        };
-        (list(&data), list(&own))
-    }
-}
 
 /// The rows pyiceberg read, as `events_in_postgres` gives them.
 fn rows(table: &serde_json::Value) -> Vec<EventRow> {
@@ -173,6 +71,26 @@ fn an_export_is_one_snapshot_that_pyiceberg_and_duckdb_read_back_exactly() {
         .unwrap();
     assert_eq!(count, 20_000);
     assert_eq!(ids.to_string(), db.value("SELECT sum(id) FROM events"));
+
+    // verify: every data file of the snapshot is there, of its size and rows.
+    let verified = lake.verify("hub.events").success();
+    assert!(
+        verified
+            .stdout
+            .contains("(20000 rows) of iceberg:hub.events, snapshot "),
+        "{verified}"
+    );
+    // A data file changed behind the table's back fails it, naming the file.
+    let data = lake.warehouse.join("hub/events/data");
+    let file = tree(&data)
+        .into_iter()
+        .find(|f| f.ends_with(".parquet"))
+        .unwrap();
+    std::fs::write(data.join(&file), b"PAR1 not parquet PAR1").unwrap();
+    let failed = lake.verify("hub.events");
+    assert_eq!(failed.code, Some(1), "{failed}");
+    assert!(failed.stderr.contains("1 of "), "{failed}");
+    assert!(failed.stdout.contains("size differs"), "{failed}");
 }
 
 #[test]
@@ -554,4 +472,59 @@ fn a_commit_by_another_writer_meanwhile_stops_the_run_and_commits_nothing() {
         runs.iter().all(|r| !r.starts_with("run-")) && pending.is_empty(),
         "{runs:?} {pending:?}"
     );
+}
+
+#[test]
+fn a_table_in_s3_is_whole_whatever_stops_a_run_and_pyiceberg_reads_it_back() {
+    let db = TestDb::generated("ice_s3", 5_000);
+    db.settle();
+    let lake = Lake::s3();
+    // Killed once its data files are uploaded, before the commit: readers see no snapshot.
+    let mut first = lake.export_cmd(&db, "hub.versions", &["--incremental"]);
+    let child = spawn_stopped_at(&mut first, "table.files-written");
+    let uploaded = lake.objects("hub/versions/data/");
+    assert!(!uploaded.is_empty(), "the data files are in the bucket");
+    signal(child.id(), "KILL");
+    assert_eq!(finish(child).code, None);
+    assert_eq!(
+        lake.read("hub.versions", None)["snapshot"],
+        serde_json::Value::Null
+    );
+
+    // The next run removes them and commits its own, whole.
+    let run = lake
+        .export(&db, "hub.versions", &["--incremental"])
+        .success();
+    assert!(run.stdout.starts_with("Exported 5000 events"), "{run}");
+    let table = lake.read("hub.versions", None);
+    assert_eq!(table["snapshots"], 1, "{table}");
+    assert!(table["metadata_location"]
+        .as_str()
+        .unwrap()
+        .starts_with("s3://"));
+    assert_eq!(versions(&table).1, events_in_postgres(&db, None));
+    lake.verify("hub.versions").success();
+    let data = lake.objects("hub/versions/data/");
+    assert_eq!(
+        data.len() as u64,
+        table["files"].as_u64().unwrap(),
+        "only the committed run's files are left: {data:?} (killed run's: {uploaded:?})"
+    );
+
+    // A full export beside it, and a --since filter that plans only the matching partitions.
+    lake.export(&db, "hub.events", &[]).success();
+    let since = timestamp_at(&db, 500);
+    let recent = lake.read("hub.events", Some(&since));
+    let (planned, files) = (recent["planned"].as_u64(), recent["files"].as_u64());
+    assert!(planned < files, "pruned: {planned:?} of {files:?} files");
+    assert_eq!(rows(&recent), events_in_postgres(&db, Some(&since)));
+
+    // Wrong credentials: one line naming the bucket, before anything is read; no secret shown.
+    let mut wrong = lake.export_cmd(&db, "hub.other", &[]);
+    wrong.env("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789");
+    let wrong = Run::of(&mut wrong);
+    assert_ne!(wrong.code, Some(0), "{wrong}");
+    assert_eq!(wrong.stderr.trim().lines().count(), 1, "{wrong}");
+    assert!(wrong.stderr.contains("s3://"), "{wrong}");
+    assert!(!wrong.stderr.contains("not-the-secret"), "{wrong}");
 }

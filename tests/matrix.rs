@@ -149,7 +149,8 @@ const EXPORT_POINTS: &[&str] = &[
 const INCREMENTAL_POINTS: &[&str] = &["incremental.pending-saved", "incremental.committed"];
 /// The change feed's points, covered by `changes.rs` and `feed.rs`.
 const FEED_POINTS: &[&str] = &["stream.batch", "changes.written", "changes.confirmed"];
-/// An Iceberg table's points, covered by `iceberg.rs` with both signals (and `export.streaming`).
+/// An Iceberg table's points, covered by `iceberg.rs` (exports, with `export.streaming`) and
+/// `iceberg_changes.rs` (the change feed, with the feed's points), each with both signals.
 /// Tables are not a kind here yet: this matrix runs each output twice, and a full export into a
 /// table that holds rows is refused.
 const TABLE_POINTS: &[&str] = &["table.files-written", "table.committed"];

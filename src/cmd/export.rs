@@ -41,7 +41,7 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
 /// it until this returns) when given: the initial export of a change feed.
 pub fn run_in(ctx: &Context, args: &ExportArgs, snapshot: Option<&str>) -> Result<Exported> {
     if let Some(table) = super::table::output(ctx, args)? {
-        return super::table::run(ctx, args, table);
+        return super::table::run(ctx, args, table, snapshot);
     }
     let since = ctx.since(args.since.as_deref())?;
     let template = args.output.output.as_deref().map(Path::to_owned);

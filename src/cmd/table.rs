@@ -20,17 +20,18 @@ use iceberg::table::Table;
 
 use super::export;
 use crate::cancel::{self, Mode};
-use crate::cli::ExportArgs;
+use crate::cli::{ExportArgs, OutputArgs};
 use crate::context::Context;
 use crate::error::UsageError;
 use crate::lock::RunLock;
 use crate::pipeline::{self, Exported};
 use crate::progress::Progress;
 use crate::sink::format::{Compression, Encoding};
-use crate::sink::table::catalog;
+use crate::sink::table::catalog::{self, Layout};
+use crate::sink::table::commit;
 use crate::sink::table::pending::{self, Record, RUN_PROPERTY};
 use crate::sink::table::writer::TableSink;
-use crate::sink::table::TableOutput;
+use crate::sink::table::{holds, rows_in, TableOutput};
 use crate::sink::Sink;
 use crate::source::horizon::Horizon;
 use crate::source::identity::Identity;
@@ -55,8 +56,14 @@ pub fn output(ctx: &Context, args: &ExportArgs) -> Result<Option<TableOutput>, U
     )
 }
 
-/// One export into `output`.
-pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Exported> {
+/// One export into `output`, reading PostgreSQL in `snapshot` when given (the initial export
+/// of a change feed, in its slot's snapshot).
+pub fn run(
+    ctx: &Context,
+    args: &ExportArgs,
+    output: TableOutput,
+    snapshot: Option<&str>,
+) -> Result<Exported> {
     let since = ctx.since(args.since.as_deref())?;
     let encoding = encoding(args)?;
     let source = ctx.source(args.duckdb.as_deref(), args.demo)?;
@@ -81,7 +88,12 @@ pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Expo
         true => model::versions_schema(opened.zone),
         false => model::event_schema(opened.zone),
     };
-    let table = catalog::table(&catalog, &output.ident, &schema, args.partition_by)?;
+    let table = catalog::table(
+        &catalog,
+        &output.ident,
+        &schema,
+        Layout::events(args.partition_by),
+    )?;
     pending::settle(&own, &table)?;
     let cursor = match args.incremental {
         true => cursor(&table, &output)?,
@@ -92,7 +104,7 @@ pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Expo
     };
     let base = table.metadata().current_snapshot_id();
 
-    let read = export::begin(&opened, None)?;
+    let read = export::begin(&opened, snapshot)?;
     let (plan, horizon, progress) = match (origin.filter(|_| args.incremental), &read) {
         (Some(origin), Some(read)) => {
             let horizon = Horizon::read(&opened.engine, read.clone())?;
@@ -129,7 +141,13 @@ pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Expo
     let version = horizon.as_ref().map(|h| h.horizon as i64);
     let record = Record::create(&own)?;
     let written = (|| {
-        let sink = TableSink::create(&table, record.data_folder(&table), &encoding, version)?;
+        let sink = TableSink::create(
+            &table,
+            record.data_folder(&table),
+            &encoding,
+            version,
+            Some("timestamp"),
+        )?;
         let sinks: Vec<Box<dyn Sink<_>>> = vec![Box::new(sink)];
         let spool = own.join("export");
         let (rows, files) =
@@ -161,7 +179,7 @@ pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Expo
     }
     let summary = summary(&record, rows, since, read, horizon.as_ref())?;
     // A failed commit leaves the record: the next run checks whether it landed.
-    let snapshot = catalog::append(&catalog, &table, base, files, summary)?;
+    let snapshot = commit::append(&catalog, &table, base, files, summary)?;
     cancel::committed();
     fault::point("table.committed");
     record.finish()?;
@@ -175,49 +193,43 @@ pub fn run(ctx: &Context, args: &ExportArgs, output: TableOutput) -> Result<Expo
     })
 }
 
-/// The table's data files are Parquet: `--compression` is their codec; flags about files are
-/// refused rather than ignored.
+/// The table's data files are Parquet: flags about files are refused rather than ignored.
 fn encoding(args: &ExportArgs) -> Result<Encoding, UsageError> {
-    let formats: Vec<&str> = args.output.format.0.iter().map(|f| f.name).collect();
+    data_encoding(
+        &args.output,
+        &[
+            (args.keep.is_some() || args.keep_for.is_some(), "--keep"),
+            (args.state.is_some(), "--state"),
+            (args.write_empty, "--write-empty"),
+            (args.reset_state, "--reset-state"),
+        ],
+    )
+}
+
+/// How a table's data files are written: Parquet, `--compression` their codec (zstd unless
+/// told). `--format` other than one of csv (the default) or parquet, `--mode`, and the `others`
+/// flags given are about files, and refused rather than ignored.
+pub fn data_encoding(
+    output: &OutputArgs,
+    others: &[(bool, &'static str)],
+) -> Result<Encoding, UsageError> {
+    let formats: Vec<&str> = output.format.0.iter().map(|f| f.name).collect();
     let refused = [
         (formats != ["csv"] && formats != ["parquet"], "--format"),
-        (args.output.mode.is_some(), "--mode"),
-        (args.keep.is_some() || args.keep_for.is_some(), "--keep"),
-        (args.state.is_some(), "--state"),
-        (args.write_empty, "--write-empty"),
-        (args.reset_state, "--reset-state"),
+        (output.mode.is_some(), "--mode"),
     ];
-    if let Some((_, flag)) = refused.iter().find(|(given, _)| *given) {
+    if let Some((_, flag)) = refused.iter().chain(others).find(|(given, _)| *given) {
         return Err(UsageError(format!(
             "{flag} is about files: an Iceberg table's data files are Parquet, kept by the \
              table's snapshots, and its cursor is in them; drop {flag} (--compression sets the \
              files' codec)"
         )));
     }
-    let compression = args.output.compression.unwrap_or(Compression::Zstd);
+    let compression = output.compression.unwrap_or(Compression::Zstd);
     Ok(Encoding {
         compression,
         text: crate::sink::compress::TextCompression::None,
     })
-}
-
-/// The rows the table's current snapshot holds, from its summary (unknown: treated as some).
-fn rows_in(table: &Table) -> Option<(u64, i64)> {
-    let snapshot = table.metadata().current_snapshot()?;
-    let rows = snapshot
-        .summary()
-        .additional_properties
-        .get("total-records")
-        .and_then(|r| r.parse::<u64>().ok())
-        .unwrap_or(u64::MAX);
-    (rows > 0).then_some((rows, snapshot.snapshot_id()))
-}
-
-fn holds(rows: u64) -> String {
-    match rows {
-        u64::MAX => "rows".to_owned(),
-        n => format!("{n} rows"),
-    }
 }
 
 /// A full export adds every event: into a table that already holds rows, that is a second copy.

@@ -1,4 +1,5 @@
-//! `export-events verify MANIFEST`: checks an export against its manifest.
+//! `export-events verify MANIFEST`: checks an export against its manifest; `verify
+//! iceberg:NAMESPACE.TABLE` checks a table's current snapshot against its data files.
 //!
 //! Every file the manifest lists is hashed again (SHA-256) and its size compared; a missing or
 //! changed file is a failure (exit 1), with a table of what differs. When a source can be read
@@ -18,6 +19,7 @@ use crate::context::Context;
 use crate::sink::file::hex;
 use crate::sink::manifest::Manifest;
 use crate::sink::object;
+use crate::sink::table::{check, TableOutput};
 use crate::sink::target::{key_of, Target};
 use crate::source::identity;
 use crate::source::query::{self, Dialect};
@@ -25,6 +27,15 @@ use crate::source::settings::Source;
 
 /// Checks the files, then the source; prints a line per file and the verdict.
 pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
+    let table = TableOutput::resolve(
+        Some(&args.manifest),
+        args.catalog.as_deref(),
+        args.warehouse.as_deref(),
+        &ctx.cwd,
+    )?;
+    if let Some(table) = table {
+        return run_table(&table);
+    }
     let remote = Target::folder(Some(&args.manifest), "", &ctx.cwd)?.remote;
     let path = match &remote {
         Some(_) => PathBuf::from("/").join(
@@ -76,6 +87,44 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
         "Verified {} files ({} rows) of {shown}",
         manifest.files.len(),
         manifest.rows,
+    );
+    Ok(())
+}
+
+/// A table: each data file of its current snapshot, then the rows they add up to.
+fn run_table(output: &TableOutput) -> Result<()> {
+    let checked = check::check(output)?;
+    let shown = output.shown();
+    let Some(snapshot) = checked.snapshot else {
+        println!("Verified {shown}: no snapshot yet (an empty table)");
+        return Ok(());
+    };
+    println!("{:<60} {:>12} {:>14}  status", "file", "rows", "bytes");
+    for file in &checked.files {
+        println!(
+            "{:<60} {:>12} {:>14}  {}",
+            file.path, file.rows, file.bytes, file.status
+        );
+    }
+    let failures = checked.files.iter().filter(|f| f.status != "ok").count();
+    if failures > 0 {
+        bail!(
+            "{failures} of {} data files of {shown} (snapshot {snapshot}) differ from what it \
+             records",
+            checked.files.len()
+        );
+    }
+    if let Some(total) = checked.total.filter(|t| *t != checked.counted) {
+        bail!(
+            "{shown} (snapshot {snapshot}) records {total} rows in its summary, and its data \
+             files {}",
+            checked.counted
+        );
+    }
+    println!(
+        "Verified {} data files ({} rows) of {shown}, snapshot {snapshot}",
+        checked.files.len(),
+        checked.counted
     );
     Ok(())
 }

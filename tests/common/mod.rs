@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test file uses its own part of this module
 
 pub mod feed;
+pub mod lake;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

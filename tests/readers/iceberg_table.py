@@ -3,13 +3,16 @@
     iceberg_table.py CATALOG_URI WAREHOUSE NAMESPACE.TABLE [SINCE]
 
 CATALOG_URI is SQLAlchemy's (sqlite:////abs/lake.db, postgresql+psycopg2://...); the catalog is
-the SQL catalog named "default". Prints one JSON object: whether the table exists, its current
+the SQL catalog named "default". A warehouse in S3 is reached with the AWS_* variables. Prints one JSON object: whether the table exists, its current
 snapshot (id, summary), how many snapshots it has, its partition spec and sort order, how many
 data files a full scan plans and how many a scan with `timestamp >= SINCE` plans (partition
 pruning), and the rows that scan reads, as [id, epoch microseconds, rule, acknowledged,
-telemetry id, device id] (and the version, in a table of incremental runs), newest first.
+telemetry id, device id] (and the version, in a table of incremental runs), newest first. A
+table of changes gives "changes" instead: [lsn, position, op, id, epoch microseconds, rule,
+acknowledged, telemetry id, device id], in the order the scan reads them.
 """
 import json
+import os
 import sys
 
 import pyarrow as pa
@@ -20,7 +23,17 @@ from pyiceberg.expressions import AlwaysTrue, GreaterThanOrEqual
 
 uri, warehouse, name = sys.argv[1:4]
 since = sys.argv[4] if len(sys.argv) > 4 else None
-catalog = SqlCatalog("default", uri=uri, warehouse=warehouse)
+# A warehouse in S3: the AWS variables export-events was given, as pyiceberg's properties.
+s3 = {}
+if os.environ.get("AWS_ENDPOINT_URL"):
+    s3 = {
+        "s3.endpoint": os.environ["AWS_ENDPOINT_URL"],
+        "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
+        "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
+        "s3.region": os.environ.get("AWS_REGION", "us-east-1"),
+        "s3.force-virtual-addressing": "false",
+    }
+catalog = SqlCatalog("default", uri=uri, warehouse=warehouse, **s3)
 try:
     table = catalog.load_table(name)
 except NoSuchTableError:
@@ -34,13 +47,22 @@ out = {
     "snapshots": len(table.metadata.snapshots),
     "snapshot": snapshot.snapshot_id if snapshot else None,
     "summary": dict(snapshot.summary.additional_properties) if snapshot else {},
+    "summaries": [dict(s.summary.additional_properties) for s in table.metadata.snapshots],
     "spec": str(table.spec()),
     "sort": str(table.sort_order()),
     "files": 0,
     "planned": 0,
     "rows": [],
 }
-if snapshot:
+if snapshot and "op" in table.schema().column_names:
+    out["files"] = sum(1 for _ in table.scan().plan_files())
+    rows = table.scan().to_arrow()
+    names = ["lsn", "position", "op", "id", "timestamp", "rule", "acknowledged",
+             "trigger_telemetry_id", "trigger_device_id"]
+    columns = [rows[n].to_pylist() for n in names]
+    columns[4] = pc.cast(rows["timestamp"], pa.int64()).to_pylist()
+    out["changes"] = [list(row) for row in zip(*columns)]
+elif snapshot:
     out["files"] = sum(1 for _ in table.scan().plan_files())
     row_filter = GreaterThanOrEqual("timestamp", since) if since else AlwaysTrue()
     scan = table.scan(row_filter=row_filter)

@@ -1,7 +1,8 @@
-//! Where the feed's batches go: change files in a folder (local or `s3://`), or a JetStream
-//! subject. Either way a batch is started at the slot's confirmed position, fed change rows, and
-//! finished at the end of its last transaction; it is delivered (files durable and in place,
-//! or every message acknowledged) when `finish` returns, and only then may the slot move.
+//! Where the feed's batches go: change files in a folder (local or `s3://`), a JetStream
+//! subject, or an Iceberg table. Either way a batch is started at the slot's confirmed
+//! position, fed change rows, and finished at the end of its last transaction; it is delivered
+//! (files durable and in place, every message acknowledged, or the table's snapshot committed)
+//! when `finish` returns, and only then may the slot move.
 
 use anyhow::Result;
 
@@ -9,12 +10,14 @@ use super::decode::Changes;
 use super::files::{self, ChangeFiles, Value};
 use super::nats::{Nats, Publishing};
 use super::pgoutput::Lsn;
+use super::table::{TableBatch, TableFeed};
 use crate::cli::ChangesArgs;
 use crate::context::Context;
 use crate::error::UsageError;
 use crate::model::Zone;
 use crate::sink::format::Encoding;
 use crate::sink::object;
+use crate::sink::table::TableOutput;
 use crate::sink::target::{Target, DEFAULT_MODE};
 
 /// Where change files go without `--output`.
@@ -31,6 +34,7 @@ pub enum Destination {
         zone: Zone,
     },
     Nats(Box<Nats>),
+    Table(Box<TableFeed>),
 }
 
 impl Destination {
@@ -38,7 +42,11 @@ impl Destination {
     /// and slot): a subject or folder that holds another feed's changes is refused, never
     /// shared silently.
     pub fn open(ctx: &Context, args: &ChangesArgs, scope: &str, zone: Zone) -> Result<Self> {
-        refuse_tables(args)?;
+        if let Some(table) = table(ctx, args)? {
+            return Ok(Self::Table(Box::new(TableFeed::open(
+                table, args, scope, zone,
+            )?)));
+        }
         if let Some(url) = &args.to {
             return Ok(Self::Nats(Box::new(Nats::connect(
                 url,
@@ -61,9 +69,12 @@ impl Destination {
         })
     }
 
-    /// The change files' folder of `--output`.
+    /// The change files' folder of `--output` (for a table, the folder export-events keeps
+    /// beside it), where `--create-slot` records the slot.
     pub fn folder(ctx: &Context, args: &ChangesArgs) -> Result<Target> {
-        refuse_tables(args)?;
+        if let Some(table) = table(ctx, args)? {
+            return Ok(Target::folder(Some(&table.own_folder()), "", &ctx.cwd)?);
+        }
         Ok(Target::folder(
             args.output.output.as_deref(),
             DEFAULT_FOLDER,
@@ -81,15 +92,18 @@ impl Destination {
                 object::local_name(&format!("{} {slot}", folder.shown()), "lock")
             }
             Self::Nats(_) => object::local_name(&format!("nats {slot}"), "lock"),
+            // The table's lock: one writer at a time, feed or export.
+            Self::Table(table) => table.own_folder().join("lock"),
         }
     }
 
-    /// Removes what runs interrupted before their confirmation left from `from` on (files
-    /// only: JetStream drops or skips what it already holds).
+    /// Removes what runs interrupted before their confirmation left from `from` on (files,
+    /// and a table's uncommitted data files: JetStream and the table skip what they hold).
     pub fn prepare(&self, from: Lsn) -> Result<()> {
         match self {
             Self::Files { folder, .. } => files::remove_unconfirmed(folder, from),
             Self::Nats(_) => Ok(()),
+            Self::Table(table) => table.prepare(),
         }
     }
 
@@ -106,6 +120,7 @@ impl Destination {
                 folder, from, formats, encoding, *mode, *zone,
             )?),
             Self::Nats(nats) => Batch::Nats(nats.batch()),
+            Self::Table(table) => Batch::Table(Box::new(table.start(from)?)),
         })
     }
 
@@ -118,6 +133,7 @@ impl Destination {
                 args.subject,
                 args.to.as_deref().unwrap_or_default()
             ),
+            Self::Table(table) => table.shown(),
         }
     }
 }
@@ -126,6 +142,7 @@ impl Destination {
 pub enum Batch<'a> {
     Files(ChangeFiles),
     Nats(Publishing<'a>),
+    Table(Box<TableBatch<'a>>),
 }
 
 impl Batch<'_> {
@@ -144,6 +161,7 @@ impl Batch<'_> {
                     s => format!("{published} messages ({s} already in the stream, skipped)"),
                 })
             }
+            Batch::Table(table) => table.finish(to),
         }
     }
 }
@@ -153,29 +171,32 @@ impl Changes for Batch<'_> {
         match self {
             Batch::Files(f) => f.push(row),
             Batch::Nats(n) => n.push(row),
+            Batch::Table(t) => t.push(row),
         }
     }
     fn rows(&self) -> u64 {
         match self {
             Batch::Files(f) => f.rows(),
             Batch::Nats(n) => n.rows(),
+            Batch::Table(t) => t.rows(),
         }
     }
 }
 
-/// The feed does not go to Iceberg tables yet: their flags are refused, not ignored.
-fn refuse_tables(args: &ChangesArgs) -> Result<(), UsageError> {
+/// The table of `--output iceberg:…`, `None` for other outputs; a table and `--to` at once are
+/// refused.
+fn table(ctx: &Context, args: &ChangesArgs) -> Result<Option<TableOutput>, UsageError> {
     let output = &args.output;
-    let table = output.output.as_deref().map(|o| o.to_string_lossy());
-    if output.catalog.is_some()
-        || output.warehouse.is_some()
-        || table.is_some_and(|o| o.starts_with(crate::sink::table::SCHEME))
-    {
+    let table = TableOutput::resolve(
+        output.output.as_deref(),
+        output.catalog.as_deref(),
+        output.warehouse.as_deref(),
+        &ctx.cwd,
+    )?;
+    if table.is_some() && args.to.is_some() {
         return Err(UsageError(
-            "changes: the change feed goes to files or NATS so far, not to Iceberg tables \
-             (tables take exports: export-events --output iceberg:NAMESPACE.TABLE)"
-                .into(),
+            "changes: give --to (NATS) or --output iceberg:NAMESPACE.TABLE, not both".into(),
         ));
     }
-    Ok(())
+    Ok(table)
 }

@@ -5,20 +5,14 @@
 //! and written through the export's own sinks, atomically; nothing here encodes CSV or Parquet.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
 
 use super::decode::Changes;
 use super::pgoutput::Lsn;
+use super::rows::Rows;
 use crate::error::UsageError;
-use crate::model::{self, Kind, Zone};
+use crate::model::Zone;
 use crate::sink::format::{Encoding, Format};
 use crate::sink::{self, object, Sink, Staged, Target};
 
@@ -149,16 +143,12 @@ pub fn remove_unconfirmed(folder: &Target, from: Lsn) -> Result<()> {
     Ok(())
 }
 
-/// Changes per batch handed to the sinks.
-const BATCH: usize = 8_192;
-
 /// The change files of one batch of transactions, being written as the changes stream in:
 /// memory stays flat whatever the size of a transaction. Their names, which need the end LSN,
 /// are given at [`Self::finish`].
 pub struct ChangeFiles {
     sinks: Vec<(Box<dyn Sink>, &'static Format)>,
-    schema: SchemaRef,
-    builders: Vec<Builder>,
+    gathered: Rows,
     folder: Target,
     encoding: Encoding,
     from: Lsn,
@@ -175,7 +165,8 @@ impl ChangeFiles {
         mode: u32,
         zone: Zone,
     ) -> Result<Self> {
-        let schema = model::change_schema(zone);
+        let gathered = Rows::new(zone);
+        let schema = gathered.schema();
         let sinks = formats
             .iter()
             .map(|format| {
@@ -193,8 +184,7 @@ impl ChangeFiles {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             sinks,
-            builders: builders(),
-            schema,
+            gathered,
             folder: folder.clone(),
             encoding: *encoding,
             from,
@@ -203,16 +193,10 @@ impl ChangeFiles {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.builders[0].len() == 0 {
-            return Ok(());
-        }
-        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
-        // Built as instants; typed as the table keeps its timestamp (naive with USE_TZ = False).
-        let built = RecordBatch::try_new(model::change_schema(Zone::Aware), columns)
-            .context("a batch of change rows")?;
-        let batch = model::conform(&built, &self.schema)?;
-        for (sink, _) in &mut self.sinks {
-            sink.write_batch(&batch)?;
+        if let Some(batch) = self.gathered.take()? {
+            for (sink, _) in &mut self.sinks {
+                sink.write_batch(&batch)?;
+            }
         }
         Ok(())
     }
@@ -243,11 +227,9 @@ impl ChangeFiles {
 
 impl Changes for ChangeFiles {
     fn push(&mut self, row: &[Value]) -> Result<()> {
-        for (builder, value) in self.builders.iter_mut().zip(row) {
-            builder.append(value)?;
-        }
+        self.gathered.push(row)?;
         self.rows += 1;
-        if self.builders[0].len() == BATCH {
+        if self.gathered.full() {
             self.flush()?;
         }
         Ok(())
@@ -255,62 +237,5 @@ impl Changes for ChangeFiles {
 
     fn rows(&self) -> u64 {
         self.rows
-    }
-}
-
-/// A column of change rows being gathered, by kind.
-enum Builder {
-    Int64(Int64Builder),
-    Timestamp(TimestampMicrosecondBuilder),
-    Text(StringBuilder),
-    Bool(BooleanBuilder),
-}
-
-fn builders() -> Vec<Builder> {
-    model::change_columns()
-        .iter()
-        .map(|c| match c.kind {
-            Kind::Int64 => Builder::Int64(Int64Builder::with_capacity(BATCH)),
-            Kind::Timestamp => Builder::Timestamp(
-                TimestampMicrosecondBuilder::with_capacity(BATCH).with_timezone("UTC"),
-            ),
-            Kind::Text => Builder::Text(StringBuilder::with_capacity(BATCH, BATCH * 16)),
-            Kind::Bool => Builder::Bool(BooleanBuilder::with_capacity(BATCH)),
-        })
-        .collect()
-}
-
-impl Builder {
-    fn append(&mut self, value: &Value) -> Result<()> {
-        match (self, value) {
-            (Builder::Int64(b), Value::Int64(v)) => b.append_value(*v),
-            (Builder::Int64(b), Value::Null) => b.append_null(),
-            (Builder::Timestamp(b), Value::Timestamp(v)) => b.append_value(*v),
-            (Builder::Timestamp(b), Value::Null) => b.append_null(),
-            (Builder::Text(b), Value::Text(v)) => b.append_value(v),
-            (Builder::Text(b), Value::Null) => b.append_null(),
-            (Builder::Bool(b), Value::Bool(v)) => b.append_value(*v),
-            (Builder::Bool(b), Value::Null) => b.append_null(),
-            (_, value) => anyhow::bail!("a change value {value:?} of the wrong kind"),
-        }
-        Ok(())
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Builder::Int64(b) => b.len(),
-            Builder::Timestamp(b) => b.len(),
-            Builder::Text(b) => b.len(),
-            Builder::Bool(b) => b.len(),
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Builder::Int64(b) => Arc::new(b.finish()),
-            Builder::Timestamp(b) => Arc::new(b.finish()),
-            Builder::Text(b) => Arc::new(b.finish()),
-            Builder::Bool(b) => Arc::new(b.finish()),
-        }
     }
 }

@@ -5,11 +5,12 @@
 //! Built on what PostgreSQL has: the `pgoutput` plugin with a publication of the two tables. The
 //! slot is read over the streaming replication protocol ([`stream`], [`follow`]); `--via sql`
 //! keeps the older path, `pg_logical_slot_peek_binary_changes` through DuckDB. Each batch of
-//! whole transactions is delivered ([`deliver`]: a file named by its LSN range, or messages
-//! acknowledged by NATS JetStream), and only then is its end confirmed. A crash before that
-//! re-reads the same changes: at-least-once from PostgreSQL, exactly once in the files and the
-//! stream. `--create-slot --initial-export PATH` creates the slot with an exported snapshot and
-//! takes the initial export inside it, so export plus feed is the table with no overlap.
+//! whole transactions is delivered ([`deliver`]: a file named by its LSN range, messages
+//! acknowledged by NATS JetStream, or a snapshot of an Iceberg table, [`table`]), and only then
+//! is its end confirmed. A crash before that re-reads the same changes: at-least-once from
+//! PostgreSQL, exactly once in the files, the stream and the table. `--create-slot
+//! --initial-export PATH` creates the slot with an exported snapshot and takes the initial
+//! export inside it, so export plus feed is the table with no overlap.
 
 mod decode;
 mod deliver;
@@ -17,8 +18,10 @@ mod files;
 mod follow;
 mod nats;
 pub mod pgoutput;
+mod rows;
 mod slot;
 mod stream;
+mod table;
 
 use std::time::{Duration, Instant};
 
@@ -148,8 +151,12 @@ fn create(ctx: &Context, feed: &Feed, args: &ChangesArgs) -> Result<()> {
     Ok(())
 }
 
-/// The export `--initial-export PATH` takes: the change files' formats and encoding.
+/// The export `--initial-export PATH` takes: the change files' formats and encoding, or (for
+/// `iceberg:NAMESPACE.TABLE`) the feed's catalog and warehouse.
 fn initial_export_args(path: &std::path::Path, output: &OutputArgs) -> ExportArgs {
+    let table = path
+        .to_string_lossy()
+        .starts_with(crate::sink::table::SCHEME);
     ExportArgs {
         since: None,
         output: OutputArgs {
@@ -157,8 +164,8 @@ fn initial_export_args(path: &std::path::Path, output: &OutputArgs) -> ExportArg
             format: output.format.clone(),
             compression: output.compression,
             mode: output.mode,
-            catalog: None,
-            warehouse: None,
+            catalog: output.catalog.clone().filter(|_| table),
+            warehouse: output.warehouse.clone().filter(|_| table),
         },
         duckdb: None,
         demo: false,

@@ -54,7 +54,7 @@ const DEFAULT_TEMPLATE: &str = "exports/events_{time}";
 pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     if let Some(table) = crate::cmd::table::output(ctx, args)? {
         // The table keeps the cursor in its snapshots.
-        return crate::cmd::table::run(ctx, args, table);
+        return crate::cmd::table::run(ctx, args, table, None);
     }
     let since = ctx.since(args.since.as_deref())?;
     let encoding = Context::encoding(&args.output, args.output.output.as_deref())?;

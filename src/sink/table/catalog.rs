@@ -1,34 +1,28 @@
-//! The catalog that names an Iceberg table (`--catalog`), and the one kind of commit
-//! export-events makes to it.
+//! The catalog that names an Iceberg table (`--catalog`), and the tables export-events creates
+//! in it: their schema, partitioning and sort order.
 //!
 //! `sqlite:PATH` and `postgres://` URLs are Iceberg's SQL catalog (the `iceberg-catalog-sql`
 //! crate: the same `iceberg_tables` rows pyiceberg's and Java's SQL catalogs read), so the
-//! Hub's own PostgreSQL can hold it. A table is created on first write from the event model.
-//!
-//! A commit appends one snapshot, and only onto the snapshot the run started from: the crate's
-//! `Transaction::commit` rebases an append onto whatever another writer committed meanwhile,
-//! which would silently put two runs' overlapping rows in the table. [`Expecting`] wraps the
-//! catalog so that the compare-and-swap also requires the table to be where the run found it.
+//! Hub's own PostgreSQL can hold it. A table is created on first write from the event model:
+//! exports and incremental runs partition by time (or rule bucket) and sort newest first; the
+//! change feed partitions by the day of the commit and adds no sort order (its order is
+//! `lsn`, `position`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use arrow::datatypes::Schema as ArrowSchema;
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
-    DataFile, NullOrder, SortDirection, SortField, SortOrder, Transform, UnboundPartitionSpec,
+    NullOrder, SortDirection, SortField, SortOrder, Transform, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction as _, Transaction};
-use iceberg::{
-    Catalog, CatalogBuilder as _, Error, ErrorKind, Namespace, NamespaceIdent, TableCommit,
-    TableCreation, TableIdent,
-};
+use iceberg::{Catalog, CatalogBuilder as _, Namespace, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 
+use super::storage::WarehouseStorageFactory;
+use super::Warehouse;
 use crate::error::{self, UsageError};
 use crate::runtime::runtime;
 use crate::sink::dataset::PartitionBy;
@@ -83,8 +77,15 @@ impl CatalogSpec {
     }
 
     /// Connects (a SQLite file is created, with its folder), creating the catalog's tables when
-    /// missing.
-    pub fn open(&self, warehouse: &Path) -> Result<SqlCatalog> {
+    /// missing. A warehouse in S3 is checked first: wrong credentials or a missing bucket stop
+    /// the run in one line, before anything is read or written.
+    pub fn open(&self, warehouse: &Warehouse) -> Result<SqlCatalog> {
+        if let Warehouse::S3 { bucket, prefix } = warehouse {
+            let check = format!("{prefix}/.export-events-check")
+                .trim_start_matches('/')
+                .to_owned();
+            crate::sink::object::Bucket::open(bucket)?.check_write(&check)?;
+        }
         let (uri, style) = match self {
             Self::Sqlite(path) => {
                 if let Some(folder) = path.parent() {
@@ -100,28 +101,63 @@ impl CatalogSpec {
         };
         let builder = SqlCatalogBuilder::default()
             .uri(uri)
-            .warehouse_location(warehouse.display().to_string())
+            .warehouse_location(warehouse.location())
             .sql_bind_style(style)
-            .with_storage_factory(Arc::new(LocalFsStorageFactory));
+            .with_storage_factory(Arc::new(WarehouseStorageFactory));
         runtime()
             .block_on(builder.load(CATALOG_NAME, HashMap::new()))
             .with_context(|| format!("opening catalog {}", self.shown()))
     }
 }
 
-/// The table, created (with its namespace) from `schema` when missing: partitioned by
-/// `partition_by` (day of `timestamp` unless told), sorted newest first. An existing table must
-/// hold the columns of `schema` with the same types.
+/// How a table export-events creates is partitioned and sorted.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// The column partitioned on, the partition field's name, and the transform.
+    pub partition: (&'static str, &'static str, Transform),
+    /// The columns the rows are declared sorted by, newest first; none for no sort order.
+    pub newest_first: &'static [&'static str],
+    /// Whether the user chose the partitioning (`--partition-by`): an existing table
+    /// partitioned otherwise is then refused instead of used as it is.
+    pub chosen: bool,
+}
+
+impl Layout {
+    /// Events, by `--partition-by` (the day of `timestamp` unless told): rules by a bucket of
+    /// their name, never a folder per name; newest first.
+    pub fn events(partition_by: Option<PartitionBy>) -> Self {
+        let partition = match partition_by.unwrap_or(PartitionBy::Day) {
+            PartitionBy::Day => ("timestamp", "timestamp_day", Transform::Day),
+            PartitionBy::Month => ("timestamp", "timestamp_month", Transform::Month),
+            PartitionBy::Rule => ("rule", "rule_bucket", Transform::Bucket(RULE_BUCKETS)),
+        };
+        Self {
+            partition,
+            newest_first: &["timestamp", "id"],
+            chosen: partition_by.is_some(),
+        }
+    }
+
+    /// Changes, by the day of their commit (a delete may carry no event timestamp).
+    pub const CHANGES: Self = Self {
+        partition: ("commit_time", "commit_time_day", Transform::Day),
+        newest_first: &[],
+        chosen: false,
+    };
+}
+
+/// The table, created (with its namespace) from `schema` when missing, laid out as `layout`
+/// says. An existing table must hold the columns of `schema` with the same types.
 pub fn table(
     catalog: &SqlCatalog,
     ident: &TableIdent,
     schema: &ArrowSchema,
-    partition_by: Option<PartitionBy>,
+    layout: Layout,
 ) -> Result<Table> {
     let shown = super::dotted(ident);
     let wanted = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
         .context("the event model as an Iceberg schema")?;
-    let (column, name, transform) = partitioning(partition_by);
+    let (column, name, transform) = layout.partition;
     let existing = |table: Table| -> Result<Table> {
         check_columns(&table, &wanted, &shown)?;
         let have = table.metadata();
@@ -131,7 +167,7 @@ pub fn table(
             .fields()
             .iter()
             .any(|f| Some(f.source_id) == source && f.transform == transform);
-        if partition_by.is_some() && !same {
+        if layout.chosen && !same {
             bail!(UsageError(format!(
                 "table {shown} is partitioned as {:?}, not by {column} {transform}: drop \
                  --partition-by (the table's own partitioning is used) or export to a new table",
@@ -159,29 +195,26 @@ pub fn table(
                     Err(e) => return Err(e.into()),
                 }
             }
-            let timestamp = wanted
-                .field_id_by_name("timestamp")
-                .context("the event model has a timestamp")?;
             let source = wanted
                 .field_id_by_name(column)
-                .context("the event model has the partition's column")?;
+                .context("the model has the partition's column")?;
             let spec = UnboundPartitionSpec::builder()
                 .add_partition_field(source, name, transform)?
                 .build();
-            let newest_first = |source_id| SortField {
-                source_id,
-                transform: Transform::Identity,
-                direction: SortDirection::Descending,
-                null_order: NullOrder::First,
-            };
-            let id = wanted
-                .field_id_by_name("id")
-                .context("the event model has an id")?;
-            let order = SortOrder::builder()
-                .with_order_id(1)
-                .with_sort_field(newest_first(timestamp))
-                .with_sort_field(newest_first(id))
-                .build(&wanted)?;
+            let mut order = SortOrder::builder();
+            for column in layout.newest_first {
+                let source_id = wanted
+                    .field_id_by_name(column)
+                    .context("the model has the sort order's column")?;
+                order.with_sort_field(SortField {
+                    source_id,
+                    transform: Transform::Identity,
+                    direction: SortDirection::Descending,
+                    null_order: NullOrder::First,
+                });
+            }
+            // Order 1, or unsorted (order 0) without fields.
+            let order = order.build(&wanted)?;
             let creation = TableCreation::builder()
                 .name(ident.name().to_owned())
                 .schema(wanted.clone())
@@ -204,16 +237,6 @@ pub fn table(
         .with_context(|| format!("creating or loading table {shown}"))
 }
 
-/// The column, partition field name and transform of `--partition-by` (by day without it):
-/// rules by a bucket of their name, never a folder per name.
-fn partitioning(partition_by: Option<PartitionBy>) -> (&'static str, &'static str, Transform) {
-    match partition_by.unwrap_or(PartitionBy::Day) {
-        PartitionBy::Day => ("timestamp", "timestamp_day", Transform::Day),
-        PartitionBy::Month => ("timestamp", "timestamp_month", Transform::Month),
-        PartitionBy::Rule => ("rule", "rule_bucket", Transform::Bucket(RULE_BUCKETS)),
-    }
-}
-
 /// Buckets of `--partition-by rule`: a few files per export, whatever the number of rules.
 const RULE_BUCKETS: u32 = 16;
 
@@ -228,6 +251,15 @@ fn check_columns(table: &Table, wanted: &iceberg::spec::Schema, shown: &str) -> 
                  a new table",
                 field.name, found.field_type, field.field_type
             ))),
+            None if field.name == crate::model::POSITION
+                || crate::model::FEED.iter().any(|c| c.name == field.name) =>
+            {
+                bail!(UsageError(format!(
+                    "table {shown} has no column {}: it holds events, not changes; give the \
+                     change feed a table of its own, such as {shown}_changes",
+                    field.name
+                )))
+            }
             None if field.name == crate::model::VERSION => bail!(UsageError(format!(
                 "table {shown} has no column {}: it holds a full export, not the versions of \
                  incremental runs; give the incremental runs a table of their own, such as \
@@ -242,130 +274,6 @@ fn check_columns(table: &Table, wanted: &iceberg::spec::Schema, shown: &str) -> 
         }
     }
     Ok(())
-}
-
-/// Appends `files` as one snapshot with `summary` in its summary, if the table's current
-/// snapshot is still `base` (what the run read its state from); returns the new snapshot's id.
-pub fn append(
-    catalog: &SqlCatalog,
-    table: &Table,
-    base: Option<i64>,
-    files: Vec<DataFile>,
-    summary: HashMap<String, String>,
-) -> Result<i64> {
-    let shown = super::dotted(table.identifier());
-    let guarded = Expecting {
-        inner: catalog,
-        base,
-        moved: AtomicBool::new(false),
-    };
-    let transaction = Transaction::new(table);
-    let action = transaction
-        .fast_append()
-        .add_data_files(files)
-        .set_snapshot_properties(summary);
-    let committed = runtime().block_on(async {
-        let transaction = action.apply(transaction)?;
-        transaction.commit(&guarded).await
-    });
-    match committed {
-        Ok(table) => table
-            .metadata()
-            .current_snapshot_id()
-            .context("the committed table has a snapshot"),
-        Err(_) if guarded.moved.load(Ordering::SeqCst) => bail!(
-            "table {shown} was changed by another writer while this run exported (its snapshot \
-             is no longer the one this run started from); nothing was committed: run again"
-        ),
-        Err(e) => Err(e).with_context(|| format!("committing to table {shown}")),
-    }
-}
-
-/// The catalog, refusing a commit unless the table's current snapshot is `base`.
-#[derive(Debug)]
-struct Expecting<'a> {
-    inner: &'a SqlCatalog,
-    base: Option<i64>,
-    moved: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl Catalog for Expecting<'_> {
-    async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
-        let now = self.inner.load_table(commit.identifier()).await?;
-        if now.metadata().current_snapshot_id() != self.base {
-            self.moved.store(true, Ordering::SeqCst);
-            return Err(Error::new(
-                ErrorKind::CatalogCommitConflicts,
-                "the table moved past the snapshot this run started from",
-            ));
-        }
-        // The append's own requirement (the snapshot it was built on, read after `base`)
-        // makes the swap fail if the table moves between this check and the commit.
-        self.inner.update_table(commit).await
-    }
-
-    async fn list_namespaces(
-        &self,
-        parent: Option<&NamespaceIdent>,
-    ) -> iceberg::Result<Vec<NamespaceIdent>> {
-        self.inner.list_namespaces(parent).await
-    }
-    async fn create_namespace(
-        &self,
-        namespace: &NamespaceIdent,
-        properties: HashMap<String, String>,
-    ) -> iceberg::Result<Namespace> {
-        self.inner.create_namespace(namespace, properties).await
-    }
-    async fn get_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<Namespace> {
-        self.inner.get_namespace(namespace).await
-    }
-    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
-        self.inner.namespace_exists(namespace).await
-    }
-    async fn update_namespace(
-        &self,
-        namespace: &NamespaceIdent,
-        properties: HashMap<String, String>,
-    ) -> iceberg::Result<()> {
-        self.inner.update_namespace(namespace, properties).await
-    }
-    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
-        self.inner.drop_namespace(namespace).await
-    }
-    async fn list_tables(&self, namespace: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
-        self.inner.list_tables(namespace).await
-    }
-    async fn create_table(
-        &self,
-        namespace: &NamespaceIdent,
-        creation: TableCreation,
-    ) -> iceberg::Result<Table> {
-        self.inner.create_table(namespace, creation).await
-    }
-    async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
-        self.inner.load_table(table).await
-    }
-    async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
-        self.inner.drop_table(table).await
-    }
-    async fn purge_table(&self, table: &TableIdent) -> iceberg::Result<()> {
-        self.inner.purge_table(table).await
-    }
-    async fn table_exists(&self, table: &TableIdent) -> iceberg::Result<bool> {
-        self.inner.table_exists(table).await
-    }
-    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
-        self.inner.rename_table(src, dest).await
-    }
-    async fn register_table(
-        &self,
-        table: &TableIdent,
-        metadata_location: String,
-    ) -> iceberg::Result<Table> {
-        self.inner.register_table(table, metadata_location).await
-    }
 }
 
 #[cfg(test)]

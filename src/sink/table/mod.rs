@@ -10,11 +10,15 @@
 //! (holding the table's lock) removes; one that dies after leaves only its record, dropped.
 
 pub mod catalog;
+pub mod check;
+pub mod commit;
 pub mod pending;
+pub mod storage;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
 
 use crate::error::UsageError;
@@ -28,8 +32,54 @@ pub const SCHEME: &str = "iceberg:";
 pub struct TableOutput {
     pub ident: TableIdent,
     pub catalog: CatalogSpec,
+    pub warehouse: Warehouse,
+}
+
+/// Where new tables' files go (`--warehouse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warehouse {
     /// A local folder, absolute.
-    pub warehouse: PathBuf,
+    Local(PathBuf),
+    /// `s3://bucket/prefix`, reached with the AWS settings of `s3://` outputs.
+    S3 { bucket: String, prefix: String },
+}
+
+impl Warehouse {
+    /// A folder (relative to `cwd`) or `s3://bucket[/prefix]`.
+    fn parse(warehouse: &Path, cwd: &Path) -> Result<Self, UsageError> {
+        let text = warehouse.to_string_lossy();
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let rest = rest.trim_end_matches('/');
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let part = |p: &str| !p.is_empty() && p != "." && p != "..";
+            let valid = part(bucket) && (prefix.is_empty() || prefix.split('/').all(part));
+            if !valid {
+                return Err(UsageError(format!(
+                    "--warehouse {text}: give a bucket and a prefix, such as s3://lake/warehouse"
+                )));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        if text.contains("://") {
+            return Err(UsageError(format!(
+                "--warehouse {text}: give a local folder (such as exports/lake) or \
+                 s3://bucket/prefix"
+            )));
+        }
+        Ok(Self::Local(cwd.join(warehouse)))
+    }
+
+    /// As the catalog records it: the folder's path, or the `s3://` URL.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Local(path) => path.display().to_string(),
+            Self::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Self::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
 }
 
 impl TableOutput {
@@ -68,17 +118,10 @@ impl TableOutput {
                  files, such as exports/lake"
             ))
         })?;
-        let text = warehouse.to_string_lossy();
-        if text.contains("://") {
-            return Err(UsageError(format!(
-                "--warehouse {text}: only a local folder is supported for Iceberg tables so far \
-                 (s3:// is not yet); give a folder such as exports/lake"
-            )));
-        }
         Ok(Some(Self {
             ident,
             catalog,
-            warehouse: cwd.join(warehouse),
+            warehouse: Warehouse::parse(warehouse, cwd)?,
         }))
     }
 
@@ -88,11 +131,17 @@ impl TableOutput {
     }
 
     /// Where export-events keeps what it needs beside the tables of this warehouse (locks and
-    /// pending records), out of every table's location.
+    /// pending records), out of every table's location: in a local warehouse, its
+    /// `.export-events/<table>` folder; for one in S3, a folder of this machine's state (as S3
+    /// outputs keep their upload journals).
     pub fn own_folder(&self) -> PathBuf {
-        self.warehouse
-            .join(".export-events")
-            .join(dotted(&self.ident))
+        match &self.warehouse {
+            Warehouse::Local(path) => path.join(".export-events").join(dotted(&self.ident)),
+            Warehouse::S3 { .. } => crate::sink::object::local_name(
+                &format!("{} {}", self.warehouse.location(), dotted(&self.ident)),
+                "table",
+            ),
+        }
     }
 }
 
@@ -101,6 +150,26 @@ pub fn dotted(ident: &TableIdent) -> String {
     let mut parts = ident.namespace().clone().inner();
     parts.push(ident.name().to_owned());
     parts.join(".")
+}
+
+/// The rows the table's current snapshot holds, from its summary (unknown: treated as some).
+pub fn rows_in(table: &Table) -> Option<(u64, i64)> {
+    let snapshot = table.metadata().current_snapshot()?;
+    let rows = snapshot
+        .summary()
+        .additional_properties
+        .get("total-records")
+        .and_then(|r| r.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    (rows > 0).then_some((rows, snapshot.snapshot_id()))
+}
+
+/// `N rows`, or `rows` when the summary does not say how many.
+pub fn holds(rows: u64) -> String {
+    match rows {
+        u64::MAX => "rows".to_owned(),
+        n => format!("{n} rows"),
+    }
 }
 
 /// `NAMESPACE.TABLE` (a namespace may itself have dots: `lake.hub.events`): parts of letters,
@@ -152,7 +221,15 @@ mod tests {
         .unwrap();
         assert_eq!(table.shown(), "iceberg:lake.hub.events");
         assert_eq!(table.ident.name(), "events");
-        assert_eq!(table.warehouse, Path::new("/work/wh"));
+        assert_eq!(table.warehouse, Warehouse::Local("/work/wh".into()));
+        let table = resolve(
+            "iceberg:hub.events",
+            Some("sqlite:l.db"),
+            Some("s3://lake/wh/"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(table.warehouse.location(), "s3://lake/wh");
     }
 
     #[test]
@@ -181,8 +258,14 @@ mod tests {
             (
                 "iceberg:a.b",
                 Some("sqlite:x"),
-                Some("s3://b/w"),
-                "only a local folder",
+                Some("gs://b/w"),
+                "give a local folder",
+            ),
+            (
+                "iceberg:a.b",
+                Some("sqlite:x"),
+                Some("s3://b/../w"),
+                "give a bucket and a prefix",
             ),
             (
                 "x.csv",

@@ -46,7 +46,8 @@ type Builder =
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
 /// One file open at a time, for partitions that arrive one after the other (days and months
-/// of rows that come newest first), or one per partition (rule buckets, which come mixed).
+/// of rows that come newest first), or one per partition (rule buckets, which come mixed, and
+/// changes, which come in commit order).
 enum Partitions {
     Clustered(Box<ClusteredWriter<Builder>>),
     Fanout(Box<FanoutWriter<Builder>>),
@@ -141,12 +142,14 @@ pub struct TableSink {
 
 impl TableSink {
     /// Starts writing data files of `table` under `folder` (the run's own); with `version`, each
-    /// row gets it as its last column.
+    /// row gets it as its last column. Rows come ordered by the column `ordered_by`, if any: a
+    /// table partitioned by its time then gets one open file at a time.
     pub fn create(
         table: &Table,
         folder: String,
         encoding: &Encoding,
         version: Option<i64>,
+        ordered_by: Option<&str>,
     ) -> Result<Self> {
         let metadata = table.metadata();
         let iceberg_schema = metadata.current_schema().clone();
@@ -154,11 +157,13 @@ impl TableSink {
             schema_to_arrow_schema(&iceberg_schema).context("the table's schema in Arrow")?,
         );
         let spec = metadata.default_partition_spec();
+        let ordered = ordered_by.and_then(|c| iceberg_schema.field_id_by_name(c));
         let by_time = spec.fields().iter().all(|f| {
-            matches!(
-                f.transform,
-                Transform::Year | Transform::Month | Transform::Day | Transform::Hour
-            )
+            Some(f.source_id) == ordered
+                && matches!(
+                    f.transform,
+                    Transform::Year | Transform::Month | Transform::Day | Transform::Hour
+                )
         });
         // One file-name generator for all workers: names stay unique.
         let names = DefaultFileNameGenerator::new("part".to_owned(), None, DataFileFormat::Parquet);
