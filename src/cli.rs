@@ -135,12 +135,14 @@ pub struct OutputArgs {
 
     /// With --output iceberg:NAMESPACE.TABLE: the Iceberg catalog that names the table,
     /// sqlite:PATH (a file, created when missing) or a postgres:// URL (Iceberg's SQL catalog,
-    /// catalog name "default").
+    /// catalog name "default"), or an http(s):// REST catalog (its secret in
+    /// ICEBERG_REST_TOKEN, or ICEBERG_REST_CREDENTIAL as CLIENT_ID:SECRET).
     #[arg(long, value_name = "CATALOG")]
     pub catalog: Option<String>,
 
-    /// With --output iceberg:NAMESPACE.TABLE: the folder where a new table's files go (its
-    /// metadata and data files, under NAMESPACE/TABLE).
+    /// With --output iceberg:NAMESPACE.TABLE: where a new table's files go (its metadata and
+    /// data files, under NAMESPACE/TABLE): a folder or s3://bucket/prefix. With a REST catalog,
+    /// which places tables itself, optional: the name or location of one of its warehouses.
     #[arg(long, value_name = "FOLDER")]
     pub warehouse: Option<PathBuf>,
 }

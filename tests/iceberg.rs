@@ -528,3 +528,74 @@ fn a_table_in_s3_is_whole_whatever_stops_a_run_and_pyiceberg_reads_it_back() {
     assert!(wrong.stderr.contains("s3://"), "{wrong}");
     assert!(!wrong.stderr.contains("not-the-secret"), "{wrong}");
 }
+
+#[test]
+fn a_rest_catalog_names_the_table_that_pyiceberg_reads_through_it() {
+    let db = TestDb::generated("ice_rest", 3_000);
+    db.settle();
+    let lake = Lake::rest();
+    let table = "ice_rest.events_versions";
+    let first = lake.export(&db, table, &["--incremental"]).success();
+    assert!(
+        first.stdout.starts_with(&format!(
+            "Exported 3000 events to iceberg:{table} (snapshot "
+        )),
+        "{first}"
+    );
+    db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 10 = 0");
+    db.settle();
+    let second = lake.export(&db, table, &["--incremental"]).success();
+    assert!(second.stdout.starts_with("Exported 300 events"), "{second}");
+
+    // pyiceberg, through the same REST catalog.
+    let read = lake.read(table, None);
+    assert_eq!(read["snapshots"], 2, "{read}");
+    assert_eq!(versions(&read).1, events_in_postgres(&db, None));
+    lake.verify(table).success();
+
+    // A wrong token: one line, nothing written, the token not shown.
+    let mut wrong = lake.export_cmd(&db, "ice_rest.other", &[]);
+    wrong.env("ICEBERG_REST_TOKEN", "rb_not-the-token-0123456789");
+    let wrong = Run::of(&mut wrong);
+    assert_eq!(wrong.code, Some(1), "{wrong}");
+    assert_eq!(wrong.stderr.trim().lines().count(), 1, "{wrong}");
+    assert!(!wrong.stderr.contains("not-the-token"), "{wrong}");
+    assert!(
+        wrong.stderr.contains("401"),
+        "the catalog's refusal: {wrong}"
+    );
+    assert_eq!(lake.read("ice_rest.other", None)["exists"], false);
+}
+
+#[test]
+fn a_catalog_gone_before_the_commit_fails_in_one_line_and_the_next_run_commits_whole() {
+    let db = TestDb::generated("ice_gone", 3_000);
+    let catalog = TestDb::empty("ice_gone_catalog");
+    let lake = Lake::postgres(&catalog);
+    let mut first = lake.export_cmd(&db, "hub.events", &[]);
+    let child = spawn_stopped_at(&mut first, "table.files-written");
+    // The catalog's database goes away while the run holds its data files: no connection is
+    // allowed, and the run's are ended.
+    let name = &catalog.name;
+    db.sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    db.sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    signal(child.id(), "CONT");
+    let ended = finish(child);
+    assert_eq!(ended.code, Some(1), "{ended}");
+    assert_eq!(ended.stderr.trim().lines().count(), 1, "{ended}");
+    assert!(ended.stderr.contains("hub.events"), "{ended}");
+
+    // Back: no snapshot of the failed run; the next run settles its files and commits whole.
+    db.sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    assert!(lake.read("hub.events", None)["snapshot"].is_null());
+    lake.export(&db, "hub.events", &[]).success();
+    let table = lake.read("hub.events", None);
+    assert_eq!(table["snapshots"], 1, "{table}");
+    assert_eq!(rows(&table), events_in_postgres(&db, None));
+    let (runs, pending) = lake.run_folders("hub.events");
+    assert_eq!(runs.len(), 1, "only the committed run's folder: {runs:?}");
+    assert!(pending.is_empty(), "{pending:?}");
+    lake.verify("hub.events").success();
+}

@@ -83,7 +83,8 @@ proptest! {
     #[test]
     fn table_names_and_catalogs_never_panic_and_stay_in_the_warehouse(
         name in prop_oneof![texty(), "[a-zA-Z0-9_./]{0,30}", "[a-z_]{1,8}(\\.[a-z_.]{0,8}){1,3}"],
-        catalog in prop_oneof![texty(), "sqlite:[a-z0-9_./?=]{0,30}"],
+        catalog in prop_oneof![texty(), "sqlite:[a-z0-9_./?=]{0,30}", "https?://[a-z0-9:@/.]{0,30}"],
+        warehouse in prop_oneof![texty(), "s3://[a-z0-9./]{0,24}", "[a-z]{1,5}://[a-z./]{0,10}"],
     ) {
         use export_events::sink::table::{catalog::CatalogSpec, TableOutput};
         let cwd = std::path::Path::new("/nonexistent/cwd");
@@ -103,6 +104,22 @@ proptest! {
         }
         if let Ok(spec) = CatalogSpec::parse(&catalog, cwd) {
             let _ = spec.shown();
+        }
+        // Any --warehouse: a value or a one-line refusal; an S3 prefix never climbs out.
+        let resolved = TableOutput::resolve(
+            Some(std::path::Path::new("iceberg:hub.events")),
+            Some("sqlite:lake.db"),
+            Some(std::path::Path::new(&warehouse)),
+            cwd,
+        );
+        match resolved {
+            Ok(Some(table)) => {
+                let location = table.warehouse.location();
+                let climbs = location.split('/').any(|p| p == "..");
+                prop_assert!(!(location.starts_with("s3://") && climbs), "{location}");
+            }
+            Ok(None) => prop_assert!(false, "an iceberg: output is a table"),
+            Err(e) => prop_assert!(!e.0.contains('\n'), "{}", e.0),
         }
     }
 

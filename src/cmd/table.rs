@@ -89,7 +89,7 @@ pub fn run(
         false => model::event_schema(opened.zone),
     };
     let table = catalog::table(
-        &catalog,
+        catalog.as_ref(),
         &output.ident,
         &schema,
         Layout::events(args.partition_by),
@@ -179,7 +179,7 @@ pub fn run(
     }
     let summary = summary(&record, rows, since, read, horizon.as_ref())?;
     // A failed commit leaves the record: the next run checks whether it landed.
-    let snapshot = commit::append(&catalog, &table, base, files, summary)?;
+    let snapshot = commit::append(catalog.as_ref(), &table, base, files, summary)?;
     cancel::committed();
     fault::point("table.committed");
     record.finish()?;

@@ -17,6 +17,8 @@ pub struct Lake {
     pub warehouse: PathBuf,
     /// A warehouse in the test S3 server instead: its URL, and the AWS variables that reach it.
     pub s3: Option<(String, Vec<(&'static str, String)>)>,
+    /// Variables every command gets (a REST catalog's token).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Lake {
@@ -30,6 +32,30 @@ impl Lake {
             warehouse: dir.path().join("lake"),
             dir,
             s3: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// The test REST catalog (`scripts/rest-catalog`: Rustberg) and its warehouse folder, with
+    /// its token; tables of a namespace of the test's own.
+    pub fn rest() -> Self {
+        let dir = scratch();
+        let url = setting("EXPORT_EVENTS_TEST_REST_URL");
+        Self {
+            catalog: url.clone(),
+            reader_uri: url,
+            // The server's one warehouse, named as it names it (a REST catalog's `--warehouse`
+            // is passed to it as written).
+            warehouse: PathBuf::from(format!(
+                "file://{}",
+                setting("EXPORT_EVENTS_TEST_REST_WAREHOUSE")
+            )),
+            dir,
+            s3: None,
+            env: vec![(
+                "ICEBERG_REST_TOKEN",
+                setting("EXPORT_EVENTS_TEST_REST_TOKEN"),
+            )],
         }
     }
 
@@ -67,16 +93,16 @@ impl Lake {
     fn warehouse_arg(&self) -> String {
         match &self.s3 {
             Some((url, _)) => url.clone(),
-            None => "lake".to_owned(),
+            None => self.warehouse.display().to_string(),
         }
     }
 
-    /// `cmd` with the S3 server's variables, for a warehouse there.
+    /// `cmd` with the S3 server's variables, for a warehouse there, and the lake's own.
     fn with_s3<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         if let Some((_, env)) = &self.s3 {
             cmd.envs(env.iter().map(|(k, v)| (k, v)));
         }
-        cmd
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
     }
 
     /// The keys under `prefix` of an S3 warehouse (`tests/s3_client.py`, boto3).
@@ -112,6 +138,7 @@ impl Lake {
             warehouse: dir.path().join("lake"),
             dir,
             s3: None,
+            env: Vec::new(),
         }
     }
 

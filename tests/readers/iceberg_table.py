@@ -2,8 +2,8 @@
 
     iceberg_table.py CATALOG_URI WAREHOUSE NAMESPACE.TABLE [SINCE]
 
-CATALOG_URI is SQLAlchemy's (sqlite:////abs/lake.db, postgresql+psycopg2://...); the catalog is
-the SQL catalog named "default". A warehouse in S3 is reached with the AWS_* variables. Prints one JSON object: whether the table exists, its current
+CATALOG_URI is SQLAlchemy's (sqlite:////abs/lake.db, postgresql+psycopg2://...), for the SQL
+catalog named "default", or a REST catalog's http:// URL (its token in ICEBERG_REST_TOKEN). A warehouse in S3 is reached with the AWS_* variables. Prints one JSON object: whether the table exists, its current
 snapshot (id, summary), how many snapshots it has, its partition spec and sort order, how many
 data files a full scan plans and how many a scan with `timestamp >= SINCE` plans (partition
 pruning), and the rows that scan reads, as [id, epoch microseconds, rule, acknowledged,
@@ -17,6 +17,7 @@ import sys
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, GreaterThanOrEqual
@@ -33,7 +34,12 @@ if os.environ.get("AWS_ENDPOINT_URL"):
         "s3.region": os.environ.get("AWS_REGION", "us-east-1"),
         "s3.force-virtual-addressing": "false",
     }
-catalog = SqlCatalog("default", uri=uri, warehouse=warehouse, **s3)
+if uri.startswith("http"):
+    # A REST catalog: the table's location comes from the catalog, its secret from the
+    # variable export-events reads.
+    catalog = RestCatalog("default", uri=uri, token=os.environ["ICEBERG_REST_TOKEN"], **s3)
+else:
+    catalog = SqlCatalog("default", uri=uri, warehouse=warehouse, **s3)
 try:
     table = catalog.load_table(name)
 except NoSuchTableError:

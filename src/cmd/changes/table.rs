@@ -23,8 +23,7 @@ use arrow::array::Int64Builder;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use iceberg::table::Table;
-use iceberg::Catalog as _;
-use iceberg_catalog_sql::SqlCatalog;
+use iceberg::Catalog;
 
 use super::decode::Changes;
 use super::files::Value;
@@ -50,7 +49,7 @@ const LSN_TO: &str = "export-events.lsn-to";
 /// A table of changes.
 pub struct TableFeed {
     output: TableOutput,
-    catalog: SqlCatalog,
+    catalog: Arc<dyn Catalog>,
     /// The feed's scope (server, database, slot).
     scope: String,
     zone: Zone,
@@ -68,7 +67,7 @@ impl TableFeed {
         let encoding = crate::cmd::table::data_encoding(&args.output, &[])?;
         let catalog = output.catalog.open(&output.warehouse)?;
         let schema = model::change_table_schema(zone);
-        let table = catalog::table(&catalog, &output.ident, &schema, Layout::CHANGES)?;
+        let table = catalog::table(catalog.as_ref(), &output.ident, &schema, Layout::CHANGES)?;
         let held = held(&table, scope, &output)?;
         Ok(Self {
             output,
@@ -259,7 +258,13 @@ impl TableBatch<'_> {
             ),
         ]);
         // A failed commit leaves the record: the next run checks whether it landed.
-        let snapshot = commit::append(&feed.catalog, &self.table, self.base, files, summary)?;
+        let snapshot = commit::append(
+            feed.catalog.as_ref(),
+            &self.table,
+            self.base,
+            files,
+            summary,
+        )?;
         cancel::committed();
         fault::point("table.committed");
         self.record.finish()?;

@@ -19,7 +19,10 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder as _, Namespace, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg_catalog_rest::{
+    RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE,
+};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 
 use super::storage::WarehouseStorageFactory;
 use super::Warehouse;
@@ -31,6 +34,11 @@ use crate::sink::dataset::PartitionBy;
 /// reader opens it under the same name (pyiceberg: `SqlCatalog("default", uri=...)`).
 pub const CATALOG_NAME: &str = "default";
 
+/// The variables that hold a REST catalog's secret: a bearer token, or an OAuth2 client
+/// credential (`CLIENT_ID:SECRET`) exchanged for one at the catalog's token endpoint.
+pub const REST_TOKEN: &str = "ICEBERG_REST_TOKEN";
+pub const REST_CREDENTIAL: &str = "ICEBERG_REST_CREDENTIAL";
+
 /// Where a catalog is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogSpec {
@@ -38,6 +46,9 @@ pub enum CatalogSpec {
     Sqlite(PathBuf),
     /// A PostgreSQL database, as a URL.
     Postgres(String),
+    /// An Iceberg REST catalog at this `http(s)://` URL (no secret in it: those come from
+    /// [`REST_TOKEN`] or [`REST_CREDENTIAL`]).
+    Rest(String),
 }
 
 impl CatalogSpec {
@@ -56,14 +67,21 @@ impl CatalogSpec {
             error::keep_secret(text);
             return Ok(Self::Postgres(text.to_owned()));
         }
-        let scheme = text.split_once(':').map_or(text, |(s, _)| s);
-        let why = match scheme {
-            "http" | "https" => "REST catalogs are not supported yet",
-            _ => "unknown catalog",
-        };
+        if text.starts_with("http://") || text.starts_with("https://") {
+            let authority = text.split('/').nth(2).unwrap_or_default();
+            if authority.contains('@') {
+                error::keep_secret(text);
+                return Err(UsageError(format!(
+                    "--catalog {}: put no credentials in a REST catalog's URL; set \
+                     {REST_TOKEN} (a bearer token) or {REST_CREDENTIAL} (CLIENT_ID:SECRET)",
+                    error::redact(text)
+                )));
+            }
+            return Ok(Self::Rest(text.trim_end_matches('/').to_owned()));
+        }
         Err(UsageError(format!(
-            "--catalog {}: {why}; use sqlite:PATH (a file, created when missing) or a \
-             postgres:// URL (Iceberg's SQL catalog)",
+            "--catalog {}: unknown catalog; use sqlite:PATH (a file, created when missing), a \
+             postgres:// URL (Iceberg's SQL catalog) or an http(s):// REST catalog",
             error::redact(text)
         )))
     }
@@ -73,13 +91,14 @@ impl CatalogSpec {
         match self {
             Self::Sqlite(path) => format!("sqlite:{}", path.display()),
             Self::Postgres(url) => error::redact(url),
+            Self::Rest(url) => url.clone(),
         }
     }
 
     /// Connects (a SQLite file is created, with its folder), creating the catalog's tables when
     /// missing. A warehouse in S3 is checked first: wrong credentials or a missing bucket stop
     /// the run in one line, before anything is read or written.
-    pub fn open(&self, warehouse: &Warehouse) -> Result<SqlCatalog> {
+    pub fn open(&self, warehouse: &Warehouse) -> Result<Arc<dyn Catalog>> {
         if let Warehouse::S3 { bucket, prefix } = warehouse {
             let check = format!("{prefix}/.export-events-check")
                 .trim_start_matches('/')
@@ -98,15 +117,66 @@ impl CatalogSpec {
                 )
             }
             Self::Postgres(url) => (url.clone(), SqlBindStyle::DollarNumeric),
+            Self::Rest(url) => return rest(url, warehouse),
         };
         let builder = SqlCatalogBuilder::default()
             .uri(uri)
             .warehouse_location(warehouse.location())
             .sql_bind_style(style)
             .with_storage_factory(Arc::new(WarehouseStorageFactory));
-        runtime()
+        let catalog = runtime()
             .block_on(builder.load(CATALOG_NAME, HashMap::new()))
-            .with_context(|| format!("opening catalog {}", self.shown()))
+            .with_context(|| format!("opening catalog {}", self.shown()))?;
+        Ok(Arc::new(catalog))
+    }
+}
+
+/// The REST catalog at `url`, asked for its namespaces now, so that a wrong URL or secret stops
+/// the run before anything is read. `--warehouse`, when given, is sent as the catalog's
+/// `warehouse` (the name or location of one of its warehouses); the catalog places new tables.
+/// Their files are reached as for SQL catalogs: a local path, or S3 with the AWS settings.
+fn rest(url: &str, warehouse: &Warehouse) -> Result<Arc<dyn Catalog>> {
+    let mut props = HashMap::from([(REST_CATALOG_PROP_URI.to_owned(), url.to_owned())]);
+    if let Warehouse::Catalog(Some(warehouse)) = warehouse {
+        props.insert(REST_CATALOG_PROP_WAREHOUSE.to_owned(), warehouse.clone());
+    }
+    for (variable, property) in [(REST_TOKEN, "token"), (REST_CREDENTIAL, "credential")] {
+        if let Ok(secret) = std::env::var(variable) {
+            error::keep_secret(&secret);
+            props.insert(property.to_owned(), secret);
+        }
+    }
+    let builder =
+        RestCatalogBuilder::default().with_storage_factory(Arc::new(WarehouseStorageFactory));
+    let catalog = runtime().block_on(async {
+        let catalog = builder.load(CATALOG_NAME, props).await?;
+        catalog.list_namespaces(None).await.map(|_| catalog)
+    });
+    let catalog = catalog.map_err(|e| {
+        let text = rest_error(&error::redact(&e.to_string()));
+        anyhow::anyhow!(
+            "catalog {url}: {text}; check the URL, and {REST_TOKEN} or {REST_CREDENTIAL} if it \
+             needs a secret"
+        )
+    })?;
+    Ok(Arc::new(catalog))
+}
+
+/// A REST catalog's refusal as its status and message (the client's error text carries every
+/// response header besides); other errors as they are.
+fn rest_error(text: &str) -> String {
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next());
+    let message = text
+        .split("\"message\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next());
+    match (status, message) {
+        (Some(status), Some(message)) => format!("{status}: {message}"),
+        (Some(status), None) => status.to_owned(),
+        _ => text.to_owned(),
     }
 }
 
@@ -149,7 +219,7 @@ impl Layout {
 /// The table, created (with its namespace) from `schema` when missing, laid out as `layout`
 /// says. An existing table must hold the columns of `schema` with the same types.
 pub fn table(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     ident: &TableIdent,
     schema: &ArrowSchema,
     layout: Layout,
@@ -294,7 +364,7 @@ mod tests {
         let pg = CatalogSpec::parse("postgres://hub:s3cret@db/iot_hub", cwd).unwrap();
         assert!(!pg.shown().contains("s3cret"), "{}", pg.shown());
         for (text, says) in [
-            ("http://rest:8181", "REST catalogs are not supported yet"),
+            ("http://user:pw@rest:8181", "put no credentials"),
             ("mysql://x@y/z", "unknown catalog"),
             ("sqlite:", "give the SQLite file's path"),
             ("sqlite:x.db?mode=ro", "give the SQLite file's path"),
@@ -302,5 +372,13 @@ mod tests {
             let err = CatalogSpec::parse(text, cwd).unwrap_err().0;
             assert!(err.contains(says), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_rest_refusal_is_its_status_and_message() {
+        let text = "Unexpected, context: { status: 401 Unauthorized, headers: {\"vary\": \"x\"}, \
+                    json: {\"error\":{\"code\":401,\"message\":\"Needs a credential.\"}} }";
+        assert_eq!(rest_error(text), "401 Unauthorized: Needs a credential.");
+        assert_eq!(rest_error("connection refused"), "connection refused");
     }
 }

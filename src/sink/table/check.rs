@@ -8,7 +8,6 @@
 use anyhow::{Context as _, Result};
 use iceberg::spec::ManifestList;
 use iceberg::table::Table;
-use iceberg::Catalog as _;
 use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 use parquet::file::FOOTER_SIZE;
 

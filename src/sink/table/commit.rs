@@ -15,14 +15,13 @@ use iceberg::transaction::{ApplyTransactionAction as _, Transaction};
 use iceberg::{
     Catalog, Error, ErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
 };
-use iceberg_catalog_sql::SqlCatalog;
 
 use crate::runtime::runtime;
 
 /// Appends `files` as one snapshot with `summary` in its summary, if the table's current
 /// snapshot is still `base` (what the run read its state from); returns the new snapshot's id.
 pub fn append(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     table: &Table,
     base: Option<i64>,
     files: Vec<DataFile>,
@@ -59,7 +58,7 @@ pub fn append(
 /// The catalog, refusing a commit unless the table's current snapshot is `base`.
 #[derive(Debug)]
 struct Expecting<'a> {
-    inner: &'a SqlCatalog,
+    inner: &'a dyn Catalog,
     base: Option<i64>,
     moved: AtomicBool,
 }

@@ -42,6 +42,9 @@ pub enum Warehouse {
     Local(PathBuf),
     /// `s3://bucket/prefix`, reached with the AWS settings of `s3://` outputs.
     S3 { bucket: String, prefix: String },
+    /// A REST catalog's: it places new tables itself; `--warehouse`, when given, is passed to it
+    /// as written (the name or location of one of its warehouses).
+    Catalog(Option<String>),
 }
 
 impl Warehouse {
@@ -75,6 +78,7 @@ impl Warehouse {
     /// As the catalog records it: the folder's path, or the `s3://` URL.
     pub fn location(&self) -> String {
         match self {
+            Self::Catalog(warehouse) => warehouse.clone().unwrap_or_default(),
             Self::Local(path) => path.display().to_string(),
             Self::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
             Self::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
@@ -112,6 +116,14 @@ impl TableOutput {
             ))
         })?;
         let catalog = CatalogSpec::parse(catalog, cwd)?;
+        if let CatalogSpec::Rest(_) = catalog {
+            let warehouse = warehouse.map(|w| w.to_string_lossy().into_owned());
+            return Ok(Some(Self {
+                ident,
+                catalog,
+                warehouse: Warehouse::Catalog(warehouse),
+            }));
+        }
         let warehouse = warehouse.ok_or_else(|| {
             UsageError(format!(
                 "--output {SCHEME}{name} needs --warehouse: the folder that holds the table's \
@@ -132,13 +144,18 @@ impl TableOutput {
 
     /// Where export-events keeps what it needs beside the tables of this warehouse (locks and
     /// pending records), out of every table's location: in a local warehouse, its
-    /// `.export-events/<table>` folder; for one in S3, a folder of this machine's state (as S3
-    /// outputs keep their upload journals).
+    /// `.export-events/<table>` folder; for one in S3 or a REST catalog's, a folder of this
+    /// machine's state (as S3 outputs keep their upload journals).
     pub fn own_folder(&self) -> PathBuf {
         match &self.warehouse {
             Warehouse::Local(path) => path.join(".export-events").join(dotted(&self.ident)),
-            Warehouse::S3 { .. } => crate::sink::object::local_name(
-                &format!("{} {}", self.warehouse.location(), dotted(&self.ident)),
+            Warehouse::S3 { .. } | Warehouse::Catalog(_) => crate::sink::object::local_name(
+                &format!(
+                    "{} {} {}",
+                    self.catalog.shown(),
+                    self.warehouse.location(),
+                    dotted(&self.ident)
+                ),
                 "table",
             ),
         }
@@ -230,6 +247,11 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(table.warehouse.location(), "s3://lake/wh");
+        // A REST catalog places tables itself: --warehouse is optional, passed as written.
+        let rest = resolve("iceberg:hub.events", Some("https://cat/api"), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest.warehouse, Warehouse::Catalog(None));
     }
 
     #[test]
