@@ -62,23 +62,22 @@ impl Lake {
     /// A SQLite catalog file and a warehouse in the test S3 server (`scripts/s3-server`), under
     /// a prefix of its own.
     pub fn s3() -> Self {
+        Self::s3_on(&setting)
+    }
+
+    /// As [`Self::s3`], on the S3 server whose `EXPORT_EVENTS_TEST_S3_*` settings `get` gives.
+    pub fn s3_on(get: &dyn Fn(&str) -> String) -> Self {
         let mut lake = Self::sqlite();
         let url = format!(
             "s3://{}/lake-{}-{}",
-            setting("EXPORT_EVENTS_TEST_S3_BUCKET"),
+            get("EXPORT_EVENTS_TEST_S3_BUCKET"),
             std::process::id(),
             lake.dir.path().file_name().unwrap().to_string_lossy()
         );
         let env = vec![
-            (
-                "AWS_ENDPOINT_URL",
-                setting("EXPORT_EVENTS_TEST_S3_ENDPOINT"),
-            ),
-            ("AWS_ACCESS_KEY_ID", setting("EXPORT_EVENTS_TEST_S3_KEY")),
-            (
-                "AWS_SECRET_ACCESS_KEY",
-                setting("EXPORT_EVENTS_TEST_S3_SECRET"),
-            ),
+            ("AWS_ENDPOINT_URL", get("EXPORT_EVENTS_TEST_S3_ENDPOINT")),
+            ("AWS_ACCESS_KEY_ID", get("EXPORT_EVENTS_TEST_S3_KEY")),
+            ("AWS_SECRET_ACCESS_KEY", get("EXPORT_EVENTS_TEST_S3_SECRET")),
             ("AWS_REGION", "garage".to_owned()),
             (
                 "XDG_STATE_HOME",
