@@ -604,6 +604,8 @@ fn a_catalog_gone_before_the_commit_fails_in_one_line_and_the_next_run_commits_w
 /// again without touching the server the other tests share.
 struct OwnS3 {
     vars: std::collections::HashMap<String, String>,
+    /// The server started again by [`Self::restart`], waited for when dropped.
+    restarted: std::cell::RefCell<Option<std::process::Child>>,
 }
 
 impl OwnS3 {
@@ -623,7 +625,10 @@ impl OwnS3 {
             .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
             .collect();
-        Self { vars }
+        Self {
+            vars,
+            restarted: Default::default(),
+        }
     }
 
     fn get(&self, name: &str) -> String {
@@ -657,6 +662,7 @@ impl OwnS3 {
             .spawn()
             .unwrap();
         std::fs::write(dir.join("pid"), child.id().to_string()).unwrap();
+        *self.restarted.borrow_mut() = Some(child);
         let endpoint = self.get("EXPORT_EVENTS_TEST_S3_ENDPOINT");
         let address = endpoint.trim_start_matches("http://").to_owned();
         for _ in 0..100 {
@@ -677,6 +683,10 @@ impl Drop for OwnS3 {
             .arg("stop")
             .arg(self.dir())
             .output();
+        if let Some(mut child) = self.restarted.borrow_mut().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
