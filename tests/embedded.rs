@@ -149,3 +149,31 @@ fn sources_are_mutually_exclusive() {
     assert_eq!(run.code, Some(2), "{run}");
     assert!(run.stderr.contains("cannot be used with"), "{run}");
 }
+
+#[test]
+fn the_spill_folder_a_killed_run_left_is_removed_by_the_next_run() {
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    // The folder of a run that is gone (SIGKILL leaves it), and one of a live process.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let stale = tmp.join(format!("export-events-{pid}.spill"));
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(
+        stale.join("duckdb_temp_storage_DEFAULT-0.tmp"),
+        vec![0u8; 4096],
+    )
+    .unwrap();
+    let live = tmp.join(format!("export-events-{}.spill", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+    generate(dir.path(), &["--rows", "100", "--duckdb", "s.duckdb"]).success();
+    Run::of(
+        export_events(dir.path())
+            .args(["-q", "--duckdb", "s.duckdb", "-o", "x.csv"])
+            .env("TMPDIR", &tmp),
+    )
+    .success();
+    assert!(!stale.exists(), "the gone run's folder is removed");
+    assert!(live.exists(), "a live process's folder stays");
+}

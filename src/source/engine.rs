@@ -82,8 +82,8 @@ impl Engine {
     /// Caps DuckDB's memory so that sorting a large DuckDB-file source spills to a private
     /// temporary folder instead of growing with the table (PostgreSQL sources stream anyway).
     pub fn bound_memory(self) -> Result<Self> {
-        let spill =
-            std::env::temp_dir().join(format!("export-events-{}.spill", std::process::id()));
+        super::spill::sweep();
+        let spill = super::spill::folder();
         let sql = format!(
             "SET memory_limit = '{EXPORT_MEMORY_LIMIT}'; SET temp_directory = {}",
             literal(&spill.to_string_lossy())

@@ -2,7 +2,8 @@
 //! DuckDB that attaches it ([`engine`], with the `postgres` extension from [`extension`]), and
 //! the SQL that reads it ([`query`]), in the plan the export's size calls for ([`plan`]: one
 //! ordered query, time windows read at once ([`parallel`]), or a sequential read ([`scan`])
-//! sorted locally ([`distribute`])).
+//! sorted locally ([`distribute`])). A DuckDB-file source sorts within bounded memory, spilling
+//! to a folder of the run's own ([`spill`]).
 
 pub mod conninfo;
 pub mod distribute;
@@ -16,6 +17,7 @@ pub mod query;
 pub mod rules;
 pub mod scan;
 pub mod settings;
+pub mod spill;
 
 use std::path::Path;
 
