@@ -139,7 +139,7 @@ fn a_session_ended_by_the_server_mid_stream_fails_and_changes_nothing() {
 
 #[test]
 fn a_full_disk_fails_naming_the_file_and_changes_nothing() {
-    let small = PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK"));
+    let (small, _disk) = small_disk();
     let dir = scratch();
     Run::of(export_events(dir.path()).args([
         "generate",
@@ -209,7 +209,7 @@ fn a_second_export_to_the_same_output_is_refused_or_waits_and_the_first_complete
 
 #[test]
 fn a_full_disk_stops_incremental_runs_and_the_feed_without_moving_their_cursors() {
-    let small = PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK"));
+    let (small, _disk) = small_disk();
     let db = TestDb::generated("fault_full_cursor", 200_000);
     db.settle();
     let dir = scratch();

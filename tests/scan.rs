@@ -160,7 +160,7 @@ fn a_killed_sort_leaves_a_spill_the_next_run_removes() {
 #[test]
 fn a_full_disk_under_the_spill_fails_naming_it_and_leaves_nothing() {
     let db = TestDb::generated_as("scan_full", "hub", 200_000);
-    let small = std::path::PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK"));
+    let (small, _disk) = small_disk();
     let dir = scratch();
     let out = small.join("scan_full.csv");
     let run = Run::of(export_events(dir.path()).args([

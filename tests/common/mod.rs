@@ -25,6 +25,17 @@ pub fn compat_bytes(name: &str) -> Vec<u8> {
 }
 
 /// A setting `scripts/test` provides; its absence fails the test with what to do.
+/// The small filesystem of the full-disk tests, held by one test at a time: while one test
+/// fills it, another's ordinary writes there would fail too.
+pub fn small_disk() -> (PathBuf, std::sync::MutexGuard<'static, ()>) {
+    static DISK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let held = DISK.lock().unwrap_or_else(|e| e.into_inner());
+    (
+        PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK")),
+        held,
+    )
+}
+
 pub fn setting(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
