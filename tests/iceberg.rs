@@ -228,7 +228,7 @@ fn a_second_run_on_the_same_table_waits_or_is_refused() {
 
 #[test]
 fn a_full_disk_under_the_warehouse_fails_in_one_line_and_commits_nothing() {
-    let small = PathBuf::from(setting("EXPORT_EVENTS_TEST_SMALL_DISK"));
+    let (small, _disk) = small_disk();
     let db = TestDb::generated("ice_full_disk", 200_000);
     let lake = Lake::sqlite();
     let warehouse = small.join("ice_lake");
@@ -504,6 +504,28 @@ fn a_table_in_s3_is_whole_whatever_stops_a_run_and_pyiceberg_reads_it_back() {
         .starts_with("s3://"));
     assert_eq!(versions(&table).1, events_in_postgres(&db, None));
     lake.verify("hub.versions").success();
+    // DuckDB's own reader, from the bucket (httpfs, path-style requests to the test server).
+    let duck = duckdb::Connection::open_in_memory().unwrap();
+    duck.execute_batch("LOAD httpfs; LOAD iceberg").unwrap();
+    let endpoint = setting("EXPORT_EVENTS_TEST_S3_ENDPOINT");
+    duck.execute_batch(&format!(
+        "CREATE SECRET (TYPE s3, KEY_ID '{}', SECRET '{}', ENDPOINT '{}', URL_STYLE 'path', \
+         USE_SSL false, REGION 'garage')",
+        setting("EXPORT_EVENTS_TEST_S3_KEY"),
+        setting("EXPORT_EVENTS_TEST_S3_SECRET"),
+        endpoint.trim_start_matches("http://")
+    ))
+    .unwrap();
+    let metadata = table["metadata_location"].as_str().unwrap();
+    let (count, ids): (i64, i64) = duck
+        .query_row(
+            &format!("SELECT count(*), sum(id)::BIGINT FROM iceberg_scan('{metadata}')"),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(count, 5_000);
+    assert_eq!(ids.to_string(), db.value("SELECT sum(id) FROM events"));
     let data = lake.objects("hub/versions/data/");
     assert_eq!(
         data.len() as u64,
