@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::lake::Lake;
+use common::own_s3::OwnS3;
 use common::*;
 
 /// The rows pyiceberg read, as `events_in_postgres` gives them.
@@ -620,96 +619,6 @@ fn a_catalog_gone_before_the_commit_fails_in_one_line_and_the_next_run_commits_w
     assert_eq!(runs.len(), 1, "only the committed run's folder: {runs:?}");
     assert!(pending.is_empty(), "{pending:?}");
     lake.verify("hub.events").success();
-}
-
-/// A Garage server of one test's own (`scripts/s3-server start`), which it can stop and start
-/// again without touching the server the other tests share.
-struct OwnS3 {
-    vars: std::collections::HashMap<String, String>,
-    /// The server started again by [`Self::restart`], waited for when dropped.
-    restarted: std::cell::RefCell<Option<std::process::Child>>,
-}
-
-impl OwnS3 {
-    fn start() -> Self {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server");
-        let out = std::process::Command::new(script)
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let vars = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-            .collect();
-        Self {
-            vars,
-            restarted: Default::default(),
-        }
-    }
-
-    fn get(&self, name: &str) -> String {
-        self.vars[name].clone()
-    }
-
-    fn dir(&self) -> PathBuf {
-        PathBuf::from(self.get("EXPORT_EVENTS_TEST_S3_DIR"))
-    }
-
-    /// The server gone: killed, as a crash or a lost host would end it.
-    fn kill(&self) {
-        let pid = std::fs::read_to_string(self.dir().join("pid")).unwrap();
-        signal(pid.trim().parse().unwrap(), "KILL");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-
-    /// The same server back, on its own data and ports.
-    fn restart(&self) {
-        let dir = self.dir();
-        let log = std::fs::File::options()
-            .append(true)
-            .open(dir.join("garage.log"))
-            .unwrap();
-        let child = std::process::Command::new(self.get("EXPORT_EVENTS_TEST_S3_GARAGE"))
-            .arg("-c")
-            .arg(dir.join("garage.toml"))
-            .arg("server")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        std::fs::write(dir.join("pid"), child.id().to_string()).unwrap();
-        *self.restarted.borrow_mut() = Some(child);
-        let endpoint = self.get("EXPORT_EVENTS_TEST_S3_ENDPOINT");
-        let address = endpoint.trim_start_matches("http://").to_owned();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&address).is_ok() {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("Garage did not come back at {endpoint}");
-    }
-}
-
-impl Drop for OwnS3 {
-    fn drop(&mut self) {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server");
-        let _ = std::process::Command::new(script)
-            .arg("stop")
-            .arg(self.dir())
-            .output();
-        if let Some(mut child) = self.restarted.borrow_mut().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[test]

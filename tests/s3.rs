@@ -10,6 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::own_s3::OwnS3;
 use common::*;
 
 /// The test server's settings, as `scripts/s3-server start` printed them.
@@ -445,115 +446,20 @@ fn a_pair_killed_between_its_completions_has_no_manifest() {
     assert!(server.uploads(&p).is_empty());
 }
 
-/// A Garage of this test's own, stopped and started again by the test.
-struct OwnServer {
-    dir: String,
-    env: Vec<(String, String)>,
-    /// The server started again by [`Self::restart`], reaped at the end.
-    restarted: std::cell::RefCell<Option<std::process::Child>>,
-}
-
-impl OwnServer {
-    fn start() -> Self {
-        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server"))
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-            .collect();
-        let dir = env
-            .iter()
-            .find(|(k, _)| k == "EXPORT_EVENTS_TEST_S3_DIR")
-            .unwrap()
-            .1
-            .clone();
-        Self {
-            dir,
-            env,
-            restarted: std::cell::RefCell::new(None),
-        }
-    }
-
-    fn get(&self, name: &str) -> String {
-        self.env
-            .iter()
-            .find(|(k, _)| k.ends_with(name))
-            .unwrap()
-            .1
-            .clone()
-    }
-
-    fn server(&self) -> Server {
-        Server {
-            endpoint: self.get("_S3_ENDPOINT"),
-            bucket: self.get("_S3_BUCKET"),
-            key: self.get("_S3_KEY"),
-            secret: self.get("_S3_SECRET"),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        std::fs::read_to_string(Path::new(&self.dir).join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn kill(&self) {
-        signal(self.pid(), "KILL");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-
-    /// Starts the killed server again, on the same ports and data.
-    fn restart(&self) {
-        let garage = self.get("_S3_GARAGE");
-        let cfg = format!("{}/garage.toml", self.dir);
-        let child = Command::new(&garage)
-            .args(["-c", &cfg, "server"])
-            .current_dir(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::fs::write(Path::new(&self.dir).join("pid"), child.id().to_string()).unwrap();
-        *self.restarted.borrow_mut() = Some(child);
-        let server = self.server();
-        for _ in 0..100 {
-            if server.client(&["list", "x"]).status.success() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("Garage did not come back");
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.restarted.borrow_mut().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server"))
-            .args(["stop", &self.dir])
-            .status();
+/// The settings of a test's own Garage, as the shared server's are given.
+fn server_of(own: &OwnS3) -> Server {
+    Server {
+        endpoint: own.get("EXPORT_EVENTS_TEST_S3_ENDPOINT"),
+        bucket: own.get("EXPORT_EVENTS_TEST_S3_BUCKET"),
+        key: own.get("EXPORT_EVENTS_TEST_S3_KEY"),
+        secret: own.get("EXPORT_EVENTS_TEST_S3_SECRET"),
     }
 }
 
 #[test]
 fn a_server_gone_mid_upload_fails_clearly_and_leaves_no_object_nor_upload() {
-    let own = OwnServer::start();
-    let server = own.server();
+    let own = OwnS3::start();
+    let server = server_of(&own);
     let db = TestDb::generated("s3_gone", 100_000);
     let dir = scratch();
     let key = "gone/big.csv".to_owned();
