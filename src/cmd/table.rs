@@ -29,7 +29,7 @@ use crate::progress::Progress;
 use crate::sink::format::{Compression, Encoding};
 use crate::sink::table::catalog::{self, Layout};
 use crate::sink::table::commit;
-use crate::sink::table::pending::{self, Record, RUN_PROPERTY};
+use crate::sink::table::pending::{self, Record};
 use crate::sink::table::writer::TableSink;
 use crate::sink::table::{holds, rows_in, TableOutput};
 use crate::sink::Sink;
@@ -38,7 +38,7 @@ use crate::source::identity::Identity;
 use crate::source::plan::Plan;
 use crate::source::query;
 use crate::source::settings::Source;
-use crate::{fault, fixtures, model, source};
+use crate::{fixtures, model, source};
 
 /// The summary properties of an incremental run's snapshot: its horizon, and what it belongs to.
 const HORIZON: &str = "export-events.horizon";
@@ -153,9 +153,6 @@ pub fn run(
         let (rows, files) =
             pipeline::stream(&opened.engine, &plan, &schema, sinks, &spool, &progress)?;
         export::end(&opened)?;
-        fault::point("table.files-written");
-        // The last moment a signal stops the run: from here the commit completes.
-        cancel::check()?;
         Ok::<_, anyhow::Error>((rows, files.concat()))
     })();
     let (rows, files) = match written {
@@ -177,12 +174,9 @@ pub fn run(
             ))],
         });
     }
-    let summary = summary(&record, rows, since, read, horizon.as_ref())?;
-    // A failed commit leaves the record: the next run checks whether it landed.
-    let snapshot = commit::append(catalog.as_ref(), &table, base, files, summary)?;
-    cancel::committed();
-    fault::point("table.committed");
-    record.finish()?;
+    let summary = summary(since, read, horizon.as_ref())?;
+    let snapshot =
+        commit::commit_run(catalog.as_ref(), &table, base, record, files, rows, summary)?;
     progress.finish(rows);
     Ok(Exported {
         rows,
@@ -311,20 +305,11 @@ fn check_source(cursor: &Identity, now: &Identity, output: &TableOutput) -> Resu
 
 /// What the snapshot's summary says about the run, beside Iceberg's own counts.
 fn summary(
-    record: &Record,
-    rows: u64,
     since: Option<chrono::DateTime<chrono::Utc>>,
     read: Option<(Identity, String)>,
     horizon: Option<&Horizon>,
 ) -> Result<HashMap<String, String>> {
-    let mut summary = HashMap::from([
-        (RUN_PROPERTY.to_owned(), record.id.to_string()),
-        ("export-events.rows".to_owned(), rows.to_string()),
-        (
-            "export-events.version".to_owned(),
-            env!("CARGO_PKG_VERSION").to_owned(),
-        ),
-    ]);
+    let mut summary = HashMap::new();
     if let Some(since) = since {
         summary.insert("export-events.since".to_owned(), since.to_rfc3339());
     }

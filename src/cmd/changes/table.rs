@@ -35,11 +35,10 @@ use crate::model::{self, Zone};
 use crate::runtime::runtime;
 use crate::sink::format::Encoding;
 use crate::sink::table::catalog::{self, Layout};
-use crate::sink::table::pending::{self, Record, RUN_PROPERTY};
+use crate::sink::table::pending::{self, Record};
 use crate::sink::table::writer::TableSink;
 use crate::sink::table::{commit, holds, rows_in, TableOutput};
 use crate::sink::Sink;
-use crate::{cancel, fault};
 
 /// The summary properties of a batch's snapshot: whose changes, and which.
 const FEED: &str = "export-events.feed";
@@ -135,6 +134,7 @@ impl TableFeed {
             from: from.max(self.held.get()),
             lsn: String::new(),
             position: 0,
+            in_table: false,
             rows: 0,
             skipped: 0,
         })
@@ -200,9 +200,11 @@ pub struct TableBatch<'a> {
     /// The first change this batch may hold: the slot's position, or the end of what the table
     /// holds when that is further.
     from: Lsn,
-    /// The commit LSN of the transaction being gathered, and the next position in it.
+    /// The commit LSN of the transaction being gathered, the next position in it, and whether
+    /// the table holds it already.
     lsn: String,
     position: i64,
+    in_table: bool,
     rows: u64,
     skipped: u64,
 }
@@ -240,34 +242,20 @@ impl TableBatch<'_> {
             self.record.abandon(&self.table);
             return Ok(format!("{shown}, nothing new{skipped}"));
         }
-        fault::point("table.files-written");
-        // The last moment a signal stops the batch: from here the commit completes.
-        if let Err(e) = cancel::check() {
-            self.record.abandon(&self.table);
-            return Err(e.into());
-        }
         let summary = HashMap::from([
-            (RUN_PROPERTY.to_owned(), self.record.id.to_string()),
             (FEED.to_owned(), feed.scope.clone()),
             (LSN_FROM.to_owned(), self.from.to_string()),
             (LSN_TO.to_owned(), to.to_string()),
-            ("export-events.rows".to_owned(), self.rows.to_string()),
-            (
-                "export-events.version".to_owned(),
-                env!("CARGO_PKG_VERSION").to_owned(),
-            ),
         ]);
-        // A failed commit leaves the record: the next run checks whether it landed.
-        let snapshot = commit::append(
+        let snapshot = commit::commit_run(
             feed.catalog.as_ref(),
             &self.table,
             self.base,
+            self.record,
             files,
+            self.rows,
             summary,
         )?;
-        cancel::committed();
-        fault::point("table.committed");
-        self.record.finish()?;
         feed.held.set(to);
         Ok(format!("snapshot {snapshot} of {shown}{skipped}"))
     }
@@ -281,11 +269,12 @@ impl Changes for TableBatch<'_> {
         if *lsn != self.lsn {
             self.lsn.clone_from(lsn);
             self.position = 0;
+            // A transaction committed before the end of what the table holds is in it.
+            self.in_table = lsn.parse::<Lsn>()? < self.from;
         }
         let position = self.position;
         self.position += 1;
-        // A transaction committed before the end of what the table holds is in it.
-        if lsn.parse::<Lsn>()? < self.from {
+        if self.in_table {
             self.skipped += 1;
             return Ok(());
         }

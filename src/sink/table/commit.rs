@@ -16,11 +16,49 @@ use iceberg::{
     Catalog, Error, ErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
 };
 
+use super::pending::{Record, RUN_PROPERTY};
 use crate::runtime::runtime;
+use crate::{cancel, fault};
+
+/// The end of every run into a table, export or change batch: its data files `files` (`rows`
+/// rows, written in `record`'s folder) become one snapshot of `table` if it is still at
+/// `base`, with `summary` plus what every export-events snapshot says (the run, its rows, the
+/// version). A signal before the commit stops the run and removes the files; a failed commit
+/// leaves the record, for the next run to settle; once the commit is made, it completes.
+/// Returns the snapshot's id.
+pub fn commit_run(
+    catalog: &dyn Catalog,
+    table: &Table,
+    base: Option<i64>,
+    record: Record,
+    files: Vec<DataFile>,
+    rows: u64,
+    mut summary: HashMap<String, String>,
+) -> Result<i64> {
+    fault::point("table.files-written");
+    // The last moment a signal stops the run: from here the commit completes.
+    if let Err(e) = cancel::check() {
+        record.abandon(table);
+        return Err(e.into());
+    }
+    summary.extend([
+        (RUN_PROPERTY.to_owned(), record.id.to_string()),
+        ("export-events.rows".to_owned(), rows.to_string()),
+        (
+            "export-events.version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+    ]);
+    let snapshot = append(catalog, table, base, files, summary)?;
+    cancel::committed();
+    fault::point("table.committed");
+    record.finish()?;
+    Ok(snapshot)
+}
 
 /// Appends `files` as one snapshot with `summary` in its summary, if the table's current
 /// snapshot is still `base` (what the run read its state from); returns the new snapshot's id.
-pub fn append(
+fn append(
     catalog: &dyn Catalog,
     table: &Table,
     base: Option<i64>,
