@@ -167,9 +167,10 @@ fn sequential(
         .into_iter()
         .map(|(name, from, to)| query::events_in_pages(&name, from, to, since))
         .collect();
-    // Buckets of half what a sorted bucket may take, so statistics a little off still fit.
+    // Buckets whose loading (twice their rows and a sort entry each: `distribute`) takes
+    // about two thirds of what a bucket may, so statistics a little off still fit.
     let buckets = (wanted * ROW_BYTES)
-        .div_ceil((memory / 6).max(1))
+        .div_ceil((memory / 9).max(1))
         .clamp(1, 4_096);
     let cuts = stats
         .quantiles(since, buckets as usize)
