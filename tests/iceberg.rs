@@ -61,13 +61,7 @@ fn an_export_is_one_snapshot_that_pyiceberg_and_duckdb_read_back_exactly() {
     let metadata = table["metadata_location"].as_str().unwrap();
     let duck = duckdb::Connection::open_in_memory().unwrap();
     duck.execute_batch("LOAD iceberg").unwrap();
-    let (count, ids): (i64, i64) = duck
-        .query_row(
-            &format!("SELECT count(*), sum(id)::BIGINT FROM iceberg_scan('{metadata}')"),
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (count, ids) = duck_count_and_sum(&duck, metadata);
     assert_eq!(count, 20_000);
     assert_eq!(ids.to_string(), db.value("SELECT sum(id) FROM events"));
 
@@ -516,13 +510,7 @@ fn a_table_in_s3_is_whole_whatever_stops_a_run_and_pyiceberg_reads_it_back() {
     ))
     .unwrap();
     let metadata = table["metadata_location"].as_str().unwrap();
-    let (count, ids): (i64, i64) = duck
-        .query_row(
-            &format!("SELECT count(*), sum(id)::BIGINT FROM iceberg_scan('{metadata}')"),
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (count, ids) = duck_count_and_sum(&duck, metadata);
     assert_eq!(count, 5_000);
     assert_eq!(ids.to_string(), db.value("SELECT sum(id) FROM events"));
     let data = lake.objects("hub/versions/data/");
@@ -649,4 +637,14 @@ fn the_s3_server_gone_before_the_commit_fails_in_one_line_and_the_next_run_commi
         "only the committed run's data files are left"
     );
     lake.verify("hub.events").success();
+}
+
+/// DuckDB's iceberg extension's count of the table at `metadata`, and the sum of its ids.
+fn duck_count_and_sum(duck: &duckdb::Connection, metadata: &str) -> (i64, i64) {
+    duck.query_row(
+        &format!("SELECT count(*), sum(id)::BIGINT FROM iceberg_scan('{metadata}')"),
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
 }

@@ -18,6 +18,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use arrow::array::TimestampMicrosecondArray;
 use arrow::array::{Array, AsArray as _, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{Int64Type, SchemaRef, TimestampMicrosecondType};
@@ -40,8 +41,10 @@ const MAX_SPLITS: u32 = 4;
 /// Memory a sorted row costs beyond its data: its key and place while sorting.
 const ORDER_BYTES: u64 = std::mem::size_of::<([u64; 2], u32)>() as u64;
 
-/// The key of every row of `batch` (its `timestamp` and `id` columns).
-fn keys(batch: &RecordBatch) -> Result<Vec<Key>> {
+/// The `timestamp` and `id` columns of `batch`, which make a row's key.
+fn key_columns(
+    batch: &RecordBatch,
+) -> Result<(&TimestampMicrosecondArray, &arrow::array::Int64Array)> {
     let column = |name: &str| {
         batch
             .column_by_name(name)
@@ -53,6 +56,12 @@ fn keys(batch: &RecordBatch) -> Result<Vec<Key>> {
     let id = column("id")?
         .as_primitive_opt::<Int64Type>()
         .context("id is not a 64-bit integer")?;
+    Ok((time, id))
+}
+
+/// The key of every row of `batch`.
+fn keys(batch: &RecordBatch) -> Result<Vec<Key>> {
+    let (time, id) = key_columns(batch)?;
     Ok((0..batch.num_rows())
         .map(|i| match time.is_null(i) {
             true => (true, 0, id.value(i)),
@@ -397,12 +406,13 @@ fn load_sorted(part: &Part) -> Result<Sorted> {
     let flip = |v: i64| (v as u64) ^ (1 << 63);
     let mut rows: Vec<([u64; 2], u32)> = Vec::with_capacity(batch.num_rows());
     let mut nulls: Vec<([u64; 2], u32)> = Vec::new();
-    for (r, (null, time, id)) in keys(&batch)?.into_iter().enumerate() {
-        let entry = ([flip(time), flip(id)], r as u32);
-        if null {
-            nulls.push(entry);
+    // Read from the columns directly: a vector of keys would hold the bucket's keys twice.
+    let (time, id) = key_columns(&batch)?;
+    for r in 0..batch.num_rows() {
+        if time.is_null(r) {
+            nulls.push(([0, flip(id.value(r))], r as u32));
         } else {
-            rows.push(entry);
+            rows.push(([flip(time.value(r)), flip(id.value(r))], r as u32));
         }
     }
     // Keys are unique (ids are), so the order is total: the same whatever order rows came in.
