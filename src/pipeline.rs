@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 
 use crate::lock::{self, RunLock, Wait};
@@ -19,8 +20,9 @@ use crate::sink::manifest::{self, Manifest};
 use crate::sink::target::key_of;
 use crate::sink::{self, object, threaded::Writers, Staged, Target, Written};
 use crate::source::engine::Engine;
-use crate::source::plan::Plan;
+use crate::source::plan::{Join, Plan};
 use crate::source::query::{self, Dialect};
+use crate::source::rules::Rules;
 use crate::source::{parallel, scan};
 
 /// What an export wrote.
@@ -241,22 +243,34 @@ pub fn stream<T: Send + 'static>(
     spool: &Path,
     progress: &Progress,
 ) -> Result<(u64, Vec<T>)> {
+    // Read before the rows, in the export's snapshot: the plan's queries read the events alone.
+    let rules = match plan.join() {
+        Join::Here => Some(Rules::read(engine)?),
+        Join::InQuery => None,
+    };
     let mut writers = Writers::spawn(sinks)?;
-    let each = |batch: &arrow::record_batch::RecordBatch| {
+    // Counted as written: the join leaves out events whose rule is missing.
+    let written = std::cell::Cell::new(0u64);
+    let each = |batch: &RecordBatch| {
+        let joined = match &rules {
+            Some(rules) => &rules.join(batch)?,
+            None => batch,
+        };
         // A naive `timestamp` column (USE_TZ = False) is read as UTC: typed naive here.
-        writers.write(&crate::model::conform(batch, schema)?)?;
+        writers.write(&crate::model::conform(joined, schema)?)?;
+        written.set(written.get() + joined.num_rows() as u64);
         progress.advance(batch.num_rows() as u64);
         crate::fault::point("export.streaming");
         Ok(())
     };
-    let rows = match plan {
-        Plan::Serial(sql) => engine.for_each_batch(sql, each)?,
+    match plan {
+        Plan::Serial(sql, _) => engine.for_each_batch(sql, each)?,
         Plan::Windows { queries, jobs } => {
             parallel::for_each_batch(engine, queries, *jobs, spool, each)?
         }
         Plan::Scan(plan) => scan::for_each_batch(engine, plan, spool, progress, each)?,
     };
-    Ok((rows, writers.close()?))
+    Ok((written.get(), writers.close()?))
 }
 
 /// Puts the outputs in place with their manifest (`<first target>.manifest.json`), committed

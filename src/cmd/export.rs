@@ -22,7 +22,7 @@ use crate::sink::dataset::PartitionBy;
 use crate::sink::manifest::{self, Manifest};
 use crate::source::engine::{literal, Engine, CATALOG};
 use crate::source::identity::{self, Identity};
-use crate::source::plan::{self, Plan};
+use crate::source::plan::{self, Join, Plan};
 use crate::source::query::{self, Dialect};
 use crate::source::settings::Source;
 use crate::source::Opened;
@@ -198,9 +198,9 @@ pub fn read_plan(
 ) -> Result<Plan> {
     let engine = &opened.engine;
     let plan = match (opened.dialect, by_rule) {
-        (_, true) => Plan::Serial(query::events_by_rule(since, opened.dialect)),
+        (_, true) => Plan::Serial(query::events_by_rule(since, opened.dialect), Join::InQuery),
         (Dialect::Postgres, _) => plan::choose(engine, since, jobs(args), args.read, args.memory)?,
-        (Dialect::DuckDb, _) => Plan::Serial(query::events(since, opened.dialect)),
+        (Dialect::DuckDb, _) => Plan::Serial(query::events(since, opened.dialect), Join::InQuery),
     };
     if let (Plan::Windows { .. } | Plan::Scan(_), false) = (&plan, ctx.quiet) {
         eprintln!("export-events: reading with {}", plan.describe());

@@ -35,7 +35,7 @@ use crate::sink::table::{holds, rows_in, TableOutput};
 use crate::sink::Sink;
 use crate::source::horizon::Horizon;
 use crate::source::identity::Identity;
-use crate::source::plan::Plan;
+use crate::source::plan::{Join, Plan};
 use crate::source::query;
 use crate::source::settings::Source;
 use crate::{fixtures, model, source};
@@ -123,7 +123,7 @@ pub fn run(
                 None => None,
             };
             let window = horizon.window(previous, since, ctx.quiet, origin)?;
-            let plan = Plan::Serial(query::changed_events(&window, false));
+            let plan = Plan::Serial(query::changed_events(&window, false), Join::InQuery);
             // A first run is a whole export and gets its bar; later ones are small.
             let progress = match window.start_age {
                 None => pipeline::progress_bar(&opened.engine, since, opened.dialect, ctx.quiet)?,

@@ -49,23 +49,41 @@ pub enum Read {
     Index,
 }
 
+/// Where the rule's columns of an export come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// The query joins `rules` itself (DuckDB files, incremental runs, datasets by rule).
+    InQuery,
+    /// The query reads the events alone, with their `rule_id`; the rules, read once in the
+    /// same snapshot, are joined as the rows go to the sinks (`source::rules`).
+    Here,
+}
+
 /// The read of an export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// One query, streamed in order.
-    Serial(String),
+    Serial(String, Join),
     /// One query per time window, newest window first, read `jobs` at a time; their results
-    /// concatenate in order.
+    /// concatenate in order. The rules are joined here.
     Windows { queries: Vec<String>, jobs: usize },
-    /// Page ranges read `jobs` at a time in any order, then sorted.
+    /// Page ranges read `jobs` at a time in any order, then sorted. The rules are joined here.
     Scan(Scan),
 }
 
 impl Plan {
+    /// Where the rule's columns come from.
+    pub fn join(&self) -> Join {
+        match self {
+            Plan::Serial(_, join) => *join,
+            Plan::Windows { .. } | Plan::Scan(_) => Join::Here,
+        }
+    }
+
     /// How the plan is described to the user (`--quiet` off) and in the docs.
     pub fn describe(&self) -> String {
         match self {
-            Plan::Serial(_) => "one ordered query".into(),
+            Plan::Serial(..) => "one ordered query".into(),
             Plan::Windows { queries, jobs } => {
                 format!("{} time windows, {jobs} read at a time", queries.len())
             }
@@ -90,7 +108,7 @@ pub fn choose(
     read: Read,
     memory: u64,
 ) -> Result<Plan> {
-    let serial = Plan::Serial(query::events(since, query::Dialect::Postgres));
+    let serial = Plan::Serial(query::events_unjoined(since), Join::Here);
     // The statistics only make the export faster: without them (never analyzed, no access),
     // the serial plan is as right.
     let stats = Statistics::read(engine).ok();

@@ -1,7 +1,7 @@
 //! The sequential plan: the table read in page ranges (`ctid` ranges, as DuckDB's own scanner
 //! reads PostgreSQL) on `--jobs` connections in one snapshot, in no particular order, and put in
-//! the export's order by our own distribution sort (`source::distribute`) in bounded memory;
-//! the rule's columns are joined here, from the rules read once (`source::rules`).
+//! the export's order by our own distribution sort (`source::distribute`) in bounded memory.
+//! The ranges read `events` alone; the caller joins the rules (`source::rules`).
 //!
 //! PostgreSQL serves a sequential read for a third of the CPU of its ordered index scan
 //! (`docs/performance.md`), which is what a full export of a large table waits on. A partitioned
@@ -17,7 +17,6 @@ use arrow::record_batch::RecordBatch;
 use super::distribute::{Key, Spill};
 use super::engine::Engine;
 use super::parallel::{self, Aborted};
-use super::rules::Rules;
 use crate::progress::Progress;
 
 /// How a sequential read goes.
@@ -42,9 +41,8 @@ pub fn for_each_batch(
     scan: &Scan,
     spool: &Path,
     progress: &Progress,
-    mut each: impl FnMut(&RecordBatch) -> Result<()>,
+    each: impl FnMut(&RecordBatch) -> Result<()>,
 ) -> Result<u64> {
-    let rules = Rules::read(engine)?;
     let snapshot = parallel::export_snapshot(engine)?;
     let folder = spool.parent().unwrap_or(Path::new("."));
     let dir = crate::sink::file::beside(spool, |b| b.tempdir_in(folder))
@@ -60,7 +58,6 @@ pub fn for_each_batch(
             };
             reader.for_each_batch(sql, |batch| {
                 parallel::stop_if_aborted(&abort)?;
-                let batch = &rules.keep_known(batch)?;
                 spill
                     .get_or_init(|| {
                         Spill::new(dir.path(), batch.schema(), scan.cuts.clone(), scan.memory)
@@ -121,7 +118,7 @@ pub fn for_each_batch(
     let spilled = spill.finish()?;
     progress.phase("writing");
     // Two buckets in memory at once (one handed on, one loading), the rest for the sinks.
-    let rows = spilled.for_each_sorted(scan.memory / 3, |batch| each(&rules.join(batch)?))?;
+    let rows = spilled.for_each_sorted(scan.memory / 3, each)?;
     drop(dir);
     Ok(rows)
 }

@@ -41,7 +41,7 @@ use crate::sink::{self, object, Target};
 use crate::source::engine::Engine;
 use crate::source::horizon::Horizon;
 use crate::source::identity;
-use crate::source::plan::Plan;
+use crate::source::plan::{Join, Plan};
 use crate::source::query::{self, Dialect};
 use crate::source::settings::Source;
 use crate::{confine, fault};
@@ -137,10 +137,10 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> Result<Exported> {
     };
     let (rows, files) = pipeline::write_files(
         &engine,
-        &Plan::Serial(query::changed_events(
-            &window,
-            args.partition_by == Some(PartitionBy::Rule),
-        )),
+        &Plan::Serial(
+            query::changed_events(&window, args.partition_by == Some(PartitionBy::Rule)),
+            Join::InQuery,
+        ),
         model::event_schema(zone),
         &targets,
         &encoding,
