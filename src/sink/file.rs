@@ -48,8 +48,9 @@ pub struct Written {
 }
 
 /// Every this many bytes, the kernel is asked to start writing the file back (without waiting),
-/// so the fsync before the rename has little left to do.
-const WRITE_BACK: u64 = 8 << 20;
+/// so the fsync before the rename has little left to do: with 8 MB, the fsync of a slice's 8 MB
+/// CSV took 5.3 ms, with 1 MB 0.6 ms; a 740 MB export runs as fast either way.
+const WRITE_BACK: u64 = 1 << 20;
 
 /// The folder `target` goes in, created (with the target's folder mode) when the tool owns it.
 pub(super) fn folder_of(target: &Target) -> Result<&Path> {
