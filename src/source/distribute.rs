@@ -147,28 +147,50 @@ impl Spill {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let keys = keys(batch)?;
-        let first = bucket_of(&self.cuts, &keys[0]);
-        let (low, high) = (
-            first.checked_sub(1).map(|i| self.cuts[i]),
-            self.cuts.get(first).copied(),
-        );
-        let inside = |k: &Key| low.is_none_or(|l| *k >= l) && high.is_none_or(|h| *k < h);
+        let places = self.places(batch)?;
         // Rows mostly come in runs of one bucket (a table is stored about in time order).
-        if keys.iter().all(inside) {
-            return self.add(first, batch.clone());
+        if places.iter().all(|&b| b == places[0]) {
+            return self.add(places[0] as usize, batch.clone());
         }
-        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.buckets.len()];
-        for (row, key) in keys.iter().enumerate() {
-            rows[bucket_of(&self.cuts, key)].push(row as u32);
-        }
-        for (bucket, rows) in rows.into_iter().enumerate() {
-            if !rows.is_empty() {
-                let part = take_record_batch(batch, &UInt32Array::from(rows))?;
-                self.add(bucket, part)?;
+        // The other buckets touched (a back-dated event's, a run's next), in first-seen order:
+        // with hundreds of buckets, most are not.
+        let mut slot = vec![u32::MAX; self.buckets.len()];
+        let mut touched: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (row, &bucket) in places.iter().enumerate() {
+            let slot = &mut slot[bucket as usize];
+            if *slot == u32::MAX {
+                *slot = touched.len() as u32;
+                touched.push((bucket as usize, Vec::new()));
             }
+            touched[*slot as usize].1.push(row as u32);
+        }
+        for (bucket, rows) in touched {
+            let part = take_record_batch(batch, &UInt32Array::from(rows))?;
+            self.add(bucket, part)?;
         }
         Ok(())
+    }
+
+    /// The bucket of every row of `batch`. A row is first tried against the bounds of the row
+    /// before's bucket, so a run of one bucket costs two comparisons a row, not a search.
+    fn places(&self, batch: &RecordBatch) -> Result<Vec<u32>> {
+        let (time, id) = key_columns(batch)?;
+        let mut places = Vec::with_capacity(batch.num_rows());
+        let (mut bucket, mut low, mut high) = (0, None, None);
+        for row in 0..batch.num_rows() {
+            let key = match time.is_null(row) {
+                true => (true, 0, id.value(row)),
+                false => (false, time.value(row), id.value(row)),
+            };
+            let inside = row > 0 && low.is_none_or(|l| key >= l) && high.is_none_or(|h| key < h);
+            if !inside {
+                bucket = bucket_of(&self.cuts, &key);
+                low = bucket.checked_sub(1).map(|i| self.cuts[i]);
+                high = self.cuts.get(bucket).copied();
+            }
+            places.push(bucket as u32);
+        }
+        Ok(places)
     }
 
     fn add(&self, bucket: usize, batch: RecordBatch) -> Result<()> {
@@ -541,6 +563,28 @@ mod tests {
         let cuts = vec![(false, 4, i64::MIN), (false, 6, i64::MIN)];
         assert_eq!(sorted(cuts, 1 << 20, 1 << 30, &input), expected(&input));
         assert_eq!(sorted(vec![], 1 << 20, 1 << 30, &input), expected(&input));
+    }
+
+    #[test]
+    fn rows_in_runs_with_back_dated_ones_reach_their_buckets() {
+        // Runs in time order, every 7th row back-dated across several of 64 buckets, nulls.
+        let input: Vec<Vec<(Option<i64>, i64)>> = (0..40)
+            .map(|b| {
+                (0..500)
+                    .map(|i| {
+                        let id = b * 500 + i;
+                        let time = match id % 7 {
+                            0 => Some(id * 10 - 3_000),
+                            _ if id % 97 == 0 => None,
+                            _ => Some(id * 10),
+                        };
+                        (time, id)
+                    })
+                    .collect()
+            })
+            .collect();
+        let cuts = (1..64).map(|i| (false, i * 3_125, i64::MIN)).collect();
+        assert_eq!(sorted(cuts, 1 << 20, 1 << 30, &input), expected(&input));
     }
 
     #[test]
