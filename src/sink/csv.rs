@@ -82,7 +82,9 @@ impl CsvSink {
         schema: &SchemaRef,
         compression: TextCompression,
     ) -> Result<Self> {
-        let mut file = Compressed::new(AtomicFile::create(target)?, compression)?;
+        let mut file = AtomicFile::create(target)?;
+        file.hash_apart();
+        let mut file = Compressed::new(file, compression)?;
         let mut own = Encoder::default();
         own.writer
             .write_record(schema.fields().iter().map(|f| f.name()))

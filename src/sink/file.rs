@@ -23,6 +23,9 @@ pub struct AtomicFile {
     written: u64,
     flushed: u64,
     hash: std::sync::Mutex<Hasher>,
+    /// Past this many bytes the hash moves to a thread of its own (text files, see
+    /// [`Self::hash_apart`]).
+    hash_apart_from: u64,
     rows: u64,
     range: Option<(i64, i64)>,
 }
@@ -107,6 +110,7 @@ impl AtomicFile {
             written: 0,
             flushed: 0,
             hash: std::sync::Mutex::new(Hasher::Here(Sha256::new())),
+            hash_apart_from: u64::MAX,
             rows: 0,
             range: None,
         }
@@ -138,6 +142,12 @@ impl AtomicFile {
             (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
             (a, b) => a.or(b),
         };
+    }
+
+    /// Hashes this file on a thread of its own once it is large: a text file, whose writing
+    /// thread does little else (see [`Hasher`]).
+    pub(super) fn hash_apart(&mut self) {
+        self.hash_apart_from = HASH_APART;
     }
 
     /// The SHA-256 of everything written.
@@ -208,7 +218,7 @@ impl Write for AtomicFile {
             Body::Object(upload) => upload.write(buf)?,
         };
         let hash = self.hash.get_mut().unwrap_or_else(|e| e.into_inner());
-        hash.update(&buf[..n], self.written);
+        hash.update(&buf[..n], self.written, self.hash_apart_from);
         self.written += n as u64;
         self.start_write_back();
         Ok(n)
@@ -221,7 +231,8 @@ impl Write for AtomicFile {
     }
 }
 
-/// Files larger than this are hashed on a thread of their own, from here on (see [`Hasher`]).
+/// Text files larger than this are hashed on a thread of their own, from here on (see
+/// [`Hasher`]).
 const HASH_APART: u64 = 256 << 20;
 /// Bytes handed to the hashing thread at a time; a few buffers of this size go round.
 const HASH_CHUNK: usize = 1 << 20;
@@ -230,8 +241,9 @@ const HASH_CHUNK: usize = 1 << 20;
 /// read. Beyond [`HASH_APART`] bytes it runs on a thread of its own: on the writing thread it
 /// was a serial cost of every large file (perf, 10M ordered events to CSV: 18% of the
 /// process's samples, about a second for the 2 GB), where copying the bytes to the hasher
-/// costs a tenth of that. Not below: a 10M-event Parquet file (under 256 MB) gained nothing
-/// and its run peaked 10-16 MB higher.
+/// costs a tenth of that. For text files only, and past 256 MB: a Parquet file (whose
+/// encoding, not its writing, is the cost) gained nothing and its run peaked 10-20 MB higher
+/// (16 MB threshold, 10M events: 215 -> 231 MB; 256 MB, 100M events: 195 -> 214 MB).
 enum Hasher {
     Here(Sha256),
     Apart {
@@ -245,9 +257,11 @@ enum Hasher {
 
 impl Hasher {
     /// Adds `bytes`, written after `before` others.
-    fn update(&mut self, bytes: &[u8], before: u64) {
+    fn update(&mut self, bytes: &[u8], before: u64, apart_from: u64) {
         match self {
-            Hasher::Here(hash) if before + (bytes.len() as u64) < HASH_APART => hash.update(bytes),
+            Hasher::Here(hash) if before.saturating_add(bytes.len() as u64) < apart_from => {
+                hash.update(bytes)
+            }
             Hasher::Here(hash) => {
                 let (chunks, inbox) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
                 let (done, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(3);
@@ -272,7 +286,7 @@ impl Hasher {
                     spare,
                     thread,
                 };
-                self.update(bytes, before);
+                self.update(bytes, before, apart_from);
             }
             Hasher::Apart {
                 pending,
@@ -409,7 +423,7 @@ mod tests {
             let piece: Vec<u8> = (0..size)
                 .map(|i| ((written as usize + i) % 251) as u8)
                 .collect();
-            hasher.update(&piece, written);
+            hasher.update(&piece, written, HASH_APART);
             reference.update(&piece);
             written += size as u64;
             if written > HASH_APART && !asked_midway {
