@@ -38,8 +38,9 @@ pub struct CsvSink {
     helper: Option<Helper>,
     /// A batch is with the helper, to be written before the next one.
     waiting: bool,
-    /// Batches written: the first is encoded here (a file of one batch starts no thread).
-    batches: u64,
+    /// Whether a batch was written: the first is encoded here (a file of one batch starts no
+    /// thread).
+    started: bool,
     target: Target,
 }
 
@@ -96,7 +97,7 @@ impl CsvSink {
             own,
             helper: None,
             waiting: false,
-            batches: 0,
+            started: false,
             target: target.clone(),
         })
     }
@@ -123,8 +124,7 @@ impl CsvSink {
 
 impl Sink for CsvSink {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.batches += 1;
-        if self.batches == 1 {
+        if !std::mem::replace(&mut self.started, true) {
             let text = self.own.encode(batch)?;
             return self.write(&text);
         }

@@ -59,15 +59,18 @@ fn key_columns(
     Ok((time, id))
 }
 
+/// The key of row `row` of the key columns.
+fn key_at(time: &TimestampMicrosecondArray, id: &arrow::array::Int64Array, row: usize) -> Key {
+    match time.is_null(row) {
+        true => (true, 0, id.value(row)),
+        false => (false, time.value(row), id.value(row)),
+    }
+}
+
 /// The key of every row of `batch`.
 fn keys(batch: &RecordBatch) -> Result<Vec<Key>> {
     let (time, id) = key_columns(batch)?;
-    Ok((0..batch.num_rows())
-        .map(|i| match time.is_null(i) {
-            true => (true, 0, id.value(i)),
-            false => (false, time.value(i), id.value(i)),
-        })
-        .collect())
+    Ok((0..batch.num_rows()).map(|i| key_at(time, id, i)).collect())
 }
 
 /// Where a key goes, among buckets cut at ascending `cuts`: bucket `i` holds
@@ -178,10 +181,7 @@ impl Spill {
         let mut places = Vec::with_capacity(batch.num_rows());
         let (mut bucket, mut low, mut high) = (0, None, None);
         for row in 0..batch.num_rows() {
-            let key = match time.is_null(row) {
-                true => (true, 0, id.value(row)),
-                false => (false, time.value(row), id.value(row)),
-            };
+            let key = key_at(time, id, row);
             let inside = row > 0 && low.is_none_or(|l| key >= l) && high.is_none_or(|h| key < h);
             if !inside {
                 bucket = bucket_of(&self.cuts, &key);

@@ -62,8 +62,9 @@ impl Rules {
     /// from the rules, in the model's order. Events whose rule is missing are left out, as the
     /// inner join leaves them out.
     pub fn join(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let found: Vec<Option<u32>> = rule_ids(batch)?
-            .iter()
+        let ids = rule_ids(batch)?;
+        let found: Vec<Option<u32>> = (0..ids.len())
+            .map(|i| ids.is_valid(i).then(|| ids.value(i)))
             .map(|id| id.and_then(|id| self.index.get(id)))
             .collect();
         let mut kept = None;
@@ -131,15 +132,13 @@ impl Index {
     }
 }
 
-fn rule_ids(batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
-    let column = batch
+/// The `rule_id` column of `batch`.
+fn rule_ids(batch: &RecordBatch) -> Result<&arrow::array::Int64Array> {
+    batch
         .column_by_name(model::RULE_ID)
         .context("the read has no rule_id column")?
         .as_primitive_opt::<Int64Type>()
-        .context("rule_id is not a 64-bit integer")?;
-    Ok((0..column.len())
-        .map(|i| column.is_valid(i).then(|| column.value(i)))
-        .collect())
+        .context("rule_id is not a 64-bit integer")
 }
 
 #[cfg(test)]
