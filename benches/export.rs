@@ -131,7 +131,9 @@ fn run_export(args: &[&str], dir: &Path) -> u64 {
     let mut all = args.to_vec();
     all.extend(["--quiet", "--output", output.to_str().unwrap()]);
     let cli = cli(&all);
-    let ctx = Context::new(&cli.global).expect("the run's context");
+    let global = &cli.global;
+    let ctx = Context::new(global.database_url.clone(), global.quiet, global.wait)
+        .expect("the run's context");
     export::run(&ctx, &cli.export)
         .expect("the export succeeds")
         .rows

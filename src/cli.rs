@@ -15,6 +15,7 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
+use crate::feed::plan::Via;
 use crate::fixtures::Shape;
 use crate::retention;
 use crate::sink::dataset::PartitionBy;
@@ -350,13 +351,6 @@ pub struct ChangesArgs {
     /// for servers that refuse replication connections).
     #[arg(long, value_enum, default_value_t = Via::Stream)]
     pub via: Via,
-}
-
-/// How `changes` reads the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Via {
-    Stream,
-    Sql,
 }
 
 /// `--memory` unless given.

@@ -254,10 +254,7 @@ const START: i64 = 1_735_689_600_000_000;
 const YEAR: i64 = 31_536_000_000_000;
 
 fn run_sql(engine: &Engine, sql: &str) -> Result<()> {
-    engine
-        .connection()
-        .execute_batch(sql)
-        .context("generating fixture data")
+    engine.execute(sql).context("generating fixture data")
 }
 
 /// Runs statements on PostgreSQL itself, then forgets DuckDB's cached view of its catalog.

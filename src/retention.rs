@@ -7,13 +7,15 @@
 //! and the manifest). The newest run, the one that just finished, is never deleted. Each
 //! deletion is said on stderr.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 
 use crate::sink::manifest::Manifest;
+use crate::store::api::{DATASET_MARKER, MANIFEST_SUFFIX};
+use crate::store::Location;
+use crate::template::{is_run_file, split_stamp, TIME};
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,77 +32,43 @@ impl Keep {
     }
 }
 
-/// The marker of a template's time.
-pub const TIME: &str = "{time}";
-
-/// How `{time}` is written: the run's UTC time, `20261130T020000.000Z` (names sort in run
-/// order).
-pub const STAMP_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
-/// The length of a stamp.
-const STAMP_LEN: usize = 20;
-
-/// The stamp at the start of `text` and what follows it, if `text` starts with one: the run a
-/// file belongs to. `daily_{time}.csv` must not take `daily_full_…` for one of its runs.
-pub fn split_stamp(text: &str) -> Option<(&str, &str)> {
-    let stamp = text.get(..STAMP_LEN)?;
-    let rest = &text[STAMP_LEN..];
-    chrono::NaiveDateTime::parse_from_str(stamp, STAMP_FORMAT).ok()?;
-    Some((stamp, rest))
-}
-
-/// Whether `name` holds a `{time}` stamp anywhere: a run file of some template.
-pub fn has_stamp(name: &str) -> bool {
-    (0..name.len()).any(|at| name.get(at..).and_then(split_stamp).is_some())
-}
-
-/// Whether the file `name` is one of a run of the template whose file names start with
-/// `prefix` (the text before `{time}`): `prefix`, a stamp, then any name.
-pub fn is_run_file(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix)
-        .and_then(split_stamp)
-        .is_some_and(|(_, rest)| !rest.contains('/'))
-}
-
-/// Deletes the runs of `template` (an absolute path with `{time}`) that `keep` does not keep;
-/// `current` is this run's manifest. Returns the outputs deleted.
+/// Deletes the runs of `template` (a location whose name holds `{time}`) that `keep` does not
+/// keep; `current` is this run's manifest. Returns the outputs deleted.
 pub fn apply(
-    template: &Path,
-    current: &Path,
+    template: &Location,
+    current: &Location,
     keep: &Keep,
     now: DateTime<Utc>,
     quiet: bool,
-) -> Result<Vec<PathBuf>> {
-    let folder = template.parent().unwrap_or(Path::new("/"));
-    let name = template
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let Some((prefix, suffix)) = name.split_once(TIME) else {
+) -> Result<Vec<String>> {
+    let folder = template.folder();
+    let Some((prefix, suffix)) = template.name().split_once(TIME) else {
         return Ok(Vec::new());
     };
-    let suffix = format!("{suffix}.manifest.json");
-    let mut runs: Vec<(String, PathBuf)> = std::fs::read_dir(folder)
-        .with_context(|| format!("listing {}", folder.display()))?
-        .flatten()
-        .filter_map(|entry| {
-            let file = entry.file_name().to_string_lossy().into_owned();
+    let suffix = format!("{suffix}{MANIFEST_SUFFIX}");
+    let mut runs: Vec<(String, Location)> = folder
+        .store()
+        .list(folder.key())
+        .with_context(|| format!("listing {}", folder.shown()))?
+        .into_iter()
+        .filter_map(|file| {
             let (stamp, rest) = split_stamp(file.strip_prefix(prefix)?)?;
-            (rest == suffix && entry.file_type().is_ok_and(|t| t.is_file()))
-                .then(|| (stamp.to_owned(), entry.path()))
+            (rest == suffix).then(|| (stamp.to_owned(), folder.join(&file)))
         })
-        .filter(|(_, path)| path != current)
+        .filter(|(_, manifest)| !manifest.same_as(current) && manifest.key() != current.key())
         .collect();
     // Stamps sort in time order; newest first.
-    runs.sort();
-    runs.reverse();
+    runs.sort_by(|a, b| b.0.cmp(&a.0));
     // Only runs whose manifest is one count; anything else that looks like one is left alone.
-    let runs = runs
-        .into_iter()
-        .filter_map(|(_, path)| Manifest::read(&path).ok().map(|found| (path, found)));
+    let runs = runs.into_iter().filter_map(|(_, manifest)| {
+        Manifest::read(&manifest)
+            .ok()
+            .map(|found| (manifest, found))
+    });
     // Every run to delete is checked before the first deletion: a manifest naming anything
     // outside its run stops retention with nothing deleted.
     let mut doomed = Vec::new();
-    for (index, (path, found)) in runs.enumerate() {
+    for (index, (manifest, found)) in runs.enumerate() {
         // The current run counts as the newest one kept.
         let beyond_count = keep.runs.is_some_and(|n| index + 1 >= n);
         let created =
@@ -110,18 +78,17 @@ pub fn apply(
             _ => false,
         };
         if beyond_count || too_old {
-            let files = run_files(&found, &path, prefix)?;
-            doomed.push((path, found, files, too_old));
+            let files = run_files(&found, &manifest, prefix)?;
+            doomed.push((manifest, found, files, too_old));
         }
     }
     let mut deleted = Vec::new();
-    for (path, found, files, too_old) in doomed {
-        let output = output_of(&path);
-        remove_run(&files, &path)?;
+    for (manifest, found, files, too_old) in doomed {
+        let output = output_of(&manifest.shown());
+        remove_run(&files, &manifest)?;
         if !quiet {
             eprintln!(
-                "export-events: removed {} (written {}; --keep{})",
-                output.display(),
+                "export-events: removed {output} (written {}; --keep{})",
                 found.created_at,
                 if too_old { "-for" } else { "" }
             );
@@ -131,30 +98,27 @@ pub fn apply(
     Ok(deleted)
 }
 
-/// The output a manifest describes: its path without `.manifest.json`.
-fn output_of(manifest: &Path) -> PathBuf {
-    let text = manifest.as_os_str().to_string_lossy();
-    PathBuf::from(
-        text.strip_suffix(".manifest.json")
-            .unwrap_or(&text)
-            .to_owned(),
-    )
+/// The output a manifest describes: its name without `.manifest.json`.
+fn output_of(manifest: &str) -> String {
+    manifest
+        .strip_suffix(MANIFEST_SUFFIX)
+        .unwrap_or(manifest)
+        .to_owned()
 }
 
 /// The files a run's manifest lists, if every one is a file of that run (named after the
 /// template, inside the folder, through no symlink); a manifest naming anything else is refused
 /// whole and nothing of its run is deleted.
-fn run_files(found: &Manifest, manifest_path: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
-    let files = found.file_paths(manifest_path)?;
-    let folder = manifest_path.parent().unwrap_or(Path::new("/"));
-    for (file, entry) in files.iter().zip(&found.files) {
+fn run_files(found: &Manifest, manifest: &Location, prefix: &str) -> Result<Vec<String>> {
+    let files = found.file_keys(manifest)?;
+    for entry in &found.files {
         let first = entry.path.split('/').next().unwrap_or_default();
         if !is_run_file(first, prefix) {
             anyhow::bail!(crate::error::UsageError(format!(
                 "{} lists {}, which is not a file of its run: not deleting that run (remove the \
                  manifest if it is not export-events')",
-                manifest_path.display(),
-                file.strip_prefix(folder).unwrap_or(file).display()
+                manifest.shown(),
+                entry.path
             )));
         }
     }
@@ -164,44 +128,36 @@ fn run_files(found: &Manifest, manifest_path: &Path, prefix: &str) -> Result<Vec
 /// Removes `files`, the partition folders that leaves empty, each dataset's marker and folder
 /// (every file's first path component below the manifest's folder is its output: a file, or a
 /// dataset folder), then the manifest.
-fn remove_run(files: &[PathBuf], manifest_path: &Path) -> Result<()> {
-    let folder = manifest_path.parent().unwrap_or(Path::new("/"));
-    let mut datasets = Vec::new();
+fn remove_run(files: &[String], manifest: &Location) -> Result<()> {
+    let store = manifest.store();
+    let folder = format!("{}/", manifest.folder_key().trim_end_matches('/'));
+    let mut datasets: Vec<String> = Vec::new();
     for file in files {
-        match std::fs::remove_file(file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing {}", file.display()));
-            }
-            _ => {}
-        }
-        let Some(root) = file
-            .strip_prefix(folder)
-            .ok()
-            .and_then(|r| r.components().next())
-            .map(|first| folder.join(first))
-            .filter(|root| root != file)
-        else {
+        store.delete(file)?;
+        let Some(relative) = file.strip_prefix(&folder) else {
             continue;
         };
+        let Some((first, _)) = relative.split_once('/') else {
+            continue;
+        };
+        let root = format!("{folder}{first}");
         // Partition folders inside the dataset, once empty.
-        let mut parent = file.parent();
-        while let Some(dir) = parent.filter(|d| d.starts_with(&root) && *d != root) {
-            if std::fs::remove_dir(dir).is_err() {
-                break;
-            }
-            parent = dir.parent();
+        let mut parent = file.rsplit_once('/').map(|(p, _)| p);
+        while let Some(dir) = parent.filter(|d| d.len() > root.len() && d.starts_with(&root)) {
+            store.prune(dir);
+            parent = dir.rsplit_once('/').map(|(p, _)| p);
         }
         if !datasets.contains(&root) {
             datasets.push(root);
         }
     }
     for root in datasets {
-        let _ = std::fs::remove_file(root.join(crate::sink::DATASET_MARKER));
-        let _ = std::fs::remove_dir(&root);
+        let _ = store.delete(&format!("{root}/{DATASET_MARKER}"));
+        store.prune(&root);
     }
-    let removed = std::fs::remove_file(manifest_path);
-    removed.with_context(|| format!("removing {}", manifest_path.display()))?;
-    Ok(())
+    store
+        .delete(manifest.key())
+        .with_context(|| format!("removing {}", manifest.shown()))
 }
 
 /// The longest age `--keep-for` takes: 1,000 years.
@@ -254,34 +210,10 @@ mod tests {
     }
 
     #[test]
-    fn runs_of_a_template_have_its_prefix_then_a_stamp() {
-        assert_eq!(
-            split_stamp("20261130T020000.123Z.csv"),
-            Some(("20261130T020000.123Z", ".csv"))
-        );
-        assert!(is_run_file(
-            "daily_20261130T020000.123Z.csv.manifest.json",
-            "daily_"
-        ));
-        assert!(!is_run_file(
-            "daily_full_20261130T020000.123Z.csv",
-            "daily_"
-        ));
-        assert!(
-            !is_run_file("daily_20261399T020000.123Z.csv", "daily_"),
-            "no 99th day"
-        );
-        assert!(!is_run_file("daily_x", "daily_"));
-        assert!(!is_run_file("daily_2026é", "daily_"));
-        assert!(has_stamp("other_20261130T020000.123Z.parquet"));
-        assert!(!has_stamp("precious"));
-    }
-
-    #[test]
     fn a_manifest_names_its_output() {
         assert_eq!(
-            output_of(Path::new("/x/events_1.csv.manifest.json")),
-            Path::new("/x/events_1.csv")
+            output_of("/x/events_1.csv.manifest.json"),
+            "/x/events_1.csv"
         );
     }
 }

@@ -1,12 +1,11 @@
-//! One module a command, each over the resolved [`Context`]: the export (the default command,
-//! [`export`], or [`incremental`] with `--incremental`), the change feed ([`changes`]) and the
-//! fixture generator ([`generate`]).
+//! One module a command: each turns its parsed flags into a plan and hands it on, then prints
+//! what came of it. The export is the default command ([`export`], also `--incremental`); the
+//! change feed ([`changes`]), the checks of what was written ([`verify`]) and the fixture
+//! generator ([`generate`]). Clap's types stop here.
 
 pub mod changes;
 pub mod export;
 pub mod generate;
-pub mod incremental;
-pub mod table;
 pub mod verify;
 
 use anyhow::Result;
@@ -16,17 +15,14 @@ use crate::context::Context;
 
 /// Runs the command the user asked for.
 pub fn run(cli: &Cli) -> Result<()> {
-    let ctx = Context::new(&cli.global)?;
+    let global = &cli.global;
+    let ctx = Context::new(global.database_url.clone(), global.quiet, global.wait)?;
     match &cli.command {
         Some(Command::Generate(args)) => generate::run(&ctx, args),
         Some(Command::Changes(args)) => changes::run(&ctx, args),
         Some(Command::Verify(args)) => verify::run(&ctx, args),
         None => {
-            let exported = if cli.export.incremental {
-                incremental::run(&ctx, &cli.export)?
-            } else {
-                export::run(&ctx, &cli.export)?
-            };
+            let exported = export::run(&ctx, &cli.export)?;
             println!("{}", exported.success_line());
             Ok(())
         }

@@ -7,23 +7,17 @@
 //! manifest's filter selects are counted again: rows inserted or deleted since are reported as
 //! such ("source has N more"), not as a failure of the files.
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
-
 use anyhow::{bail, Context as _, Result};
 use chrono::DateTime;
-use sha2::{Digest as _, Sha256};
 
 use crate::cli::VerifyArgs;
 use crate::context::Context;
-use crate::sink::file::hex;
 use crate::sink::manifest::Manifest;
-use crate::sink::object;
 use crate::sink::table::{check, TableOutput};
-use crate::sink::target::{key_of, Target};
 use crate::source::identity;
 use crate::source::query::{self, Dialect};
 use crate::source::settings::Source;
+use crate::store::{url, Location};
 
 /// Checks the files, then the source; prints a line per file and the verdict.
 pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
@@ -36,47 +30,11 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
     if let Some(table) = table {
         return run_table(&table);
     }
-    let remote = Target::folder(Some(&args.manifest), "", &ctx.cwd)?.remote;
-    let path = match &remote {
-        Some(_) => PathBuf::from("/").join(
-            object::parse(&args.manifest.to_string_lossy())
-                .expect("an s3:// URL")?
-                .1,
-        ),
-        None => ctx.cwd.join(&args.manifest),
-    };
-    let (manifest, shown) = match &remote {
-        Some(bucket) => {
-            let url = bucket.url(&key_of(&path));
-            let text = bucket.read(&key_of(&path))?;
-            (Manifest::parse(&String::from_utf8_lossy(&text), &url)?, url)
-        }
-        None => (Manifest::read(&path)?, path.display().to_string()),
-    };
-    let files = match &remote {
-        Some(_) => manifest.file_keys(&path)?,
-        None => manifest.file_paths(&path)?,
-    };
-    let mut failures = 0;
-    println!("{:<60} {:>12} {:>14}  status", "file", "rows", "bytes");
-    for (entry, file) in manifest.files.iter().zip(files) {
-        let status = match &remote {
-            Some(bucket) => match bucket.hash(&key_of(&file)) {
-                Ok(None) => "missing".into(),
-                Ok(Some(found)) => compare(found, entry.bytes, &entry.sha256),
-                Err(e) => format!("unreadable: {}", crate::error::one_line(&e)),
-            },
-            None => check_file(&file, entry.bytes, &entry.sha256),
-        };
-        if status != "ok" {
-            failures += 1;
-        }
-        println!(
-            "{:<60} {:>12} {:>14}  {status}",
-            entry.path, entry.rows, entry.bytes
-        );
-    }
+    let at = url::locate(&args.manifest.to_string_lossy(), &ctx.cwd)?;
+    let manifest = Manifest::read(&at)?;
+    let failures = check_files(&manifest, &at)?;
     println!("{}", source_line(ctx, &manifest));
+    let shown = at.shown();
     if failures > 0 {
         bail!(
             "{failures} of {} files differ from manifest {shown}",
@@ -89,6 +47,30 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<()> {
         manifest.rows,
     );
     Ok(())
+}
+
+/// Each file the manifest at `at` lists, hashed where it is; a line per file. Returns how many
+/// differ.
+fn check_files(manifest: &Manifest, at: &Location) -> Result<usize> {
+    let keys = manifest.file_keys(at)?;
+    let store = at.store();
+    let mut failures = 0;
+    println!("{:<60} {:>12} {:>14}  status", "file", "rows", "bytes");
+    for (entry, key) in manifest.files.iter().zip(keys) {
+        let status = match store.hash(&key) {
+            Ok(None) => "missing".into(),
+            Ok(Some(found)) => compare(found, entry.bytes, &entry.sha256),
+            Err(e) => format!("unreadable: {}", crate::error::one_line(&e)),
+        };
+        if status != "ok" {
+            failures += 1;
+        }
+        println!(
+            "{:<60} {:>12} {:>14}  {status}",
+            entry.path, entry.rows, entry.bytes
+        );
+    }
+    Ok(failures)
 }
 
 /// A table: each data file of its current snapshot, then the rows they add up to.
@@ -127,29 +109,6 @@ fn run_table(output: &TableOutput) -> Result<()> {
         checked.counted
     );
     Ok(())
-}
-
-/// `ok`, or what differs.
-fn check_file(path: &Path, bytes: u64, sha256: &str) -> String {
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return "missing".into(),
-        Err(e) => return format!("unreadable: {e}"),
-    };
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => {
-                hash.update(&buffer[..n]);
-                size += n as u64;
-            }
-            Err(e) => return format!("unreadable: {e}"),
-        }
-    }
-    compare((size, hex(&hash.finalize())), bytes, sha256)
 }
 
 /// `ok`, or how a file's size and hash `found` differ from the manifest's.

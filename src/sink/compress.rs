@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use flate2::write::GzEncoder;
 
-use super::AtomicFile;
+use crate::store::AtomicFile;
 
 /// Compression of text formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -14,7 +14,8 @@ use arrow::record_batch::RecordBatch;
 use super::compress::{Compressed, TextCompression};
 use super::format::{Encoding, Format};
 use super::text::{boolean, Timestamps};
-use super::{AtomicFile, Sink, Staged, Target};
+use super::Sink;
+use crate::store::{Staged, Target};
 
 /// The registry's entry.
 pub const FORMAT: Format = Format {
@@ -83,7 +84,7 @@ impl CsvSink {
         schema: &SchemaRef,
         compression: TextCompression,
     ) -> Result<Self> {
-        let mut file = AtomicFile::create(target)?;
+        let mut file = target.create_file()?;
         file.hash_apart();
         let mut file = Compressed::new(file, compression)?;
         let mut own = Encoder::default();
@@ -91,7 +92,7 @@ impl CsvSink {
             .write_record(schema.fields().iter().map(|f| f.name()))
             .context("writing the CSV header")?;
         file.write_all(&own.take()?)
-            .with_context(|| format!("writing {}", target.path.display()))?;
+            .with_context(|| format!("writing {}", target.at.shown()))?;
         Ok(Self {
             file,
             own,
@@ -105,7 +106,7 @@ impl CsvSink {
     fn write(&mut self, text: &[u8]) -> Result<()> {
         self.file
             .write_all(text)
-            .with_context(|| format!("writing {}", self.target.path.display()))
+            .with_context(|| format!("writing {}", self.target.at.shown()))
     }
 
     /// Writes the text of the batch the helper has, if it has one.
@@ -151,7 +152,7 @@ impl Sink for CsvSink {
     fn close(mut self: Box<Self>) -> Result<Staged> {
         self.collect()?;
         drop(self.helper.take());
-        let path = self.target.path.display();
+        let path = self.target.at.shown();
         let file = self
             .file
             .finish()
@@ -311,11 +312,12 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, batches: &[RecordBatch]| {
-            let target = Target::resolve(Some(name.as_ref()), "x", dir.path()).unwrap();
+            let target = Target::owned(crate::store::url::local(&dir.path().join(name)), 0o600);
             let mut sink: Box<dyn Sink> =
                 Box::new(CsvSink::create(&target, &schema, TextCompression::None).unwrap());
             batches.iter().for_each(|b| sink.write_batch(b).unwrap());
-            super::super::commit_all(vec![sink.close().unwrap()]).unwrap();
+            crate::store::commit::commit_all(target.at.store(), vec![sink.close().unwrap()])
+                .unwrap();
             std::fs::read(dir.path().join(name)).unwrap()
         };
         let whole = write("whole.csv", &[batch(0, 1_000)]);

@@ -8,9 +8,9 @@ use arrow::array::{Array, AsArray as _};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 
-use super::commit::Staged;
 use super::compress::TextCompression;
-use super::{Sink, Target};
+use super::Sink;
+use crate::store::{Staged, Target};
 
 /// One output format.
 #[derive(Debug)]

@@ -4,14 +4,11 @@
 //! manifest is removed, so a manifest never stands beside files it does not describe: a consumer
 //! can wait for it as a `_SUCCESS` marker. `export-events verify` checks files against it.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::file::Written;
-use super::{AtomicFile, Target};
+use crate::store::{AtomicFile, Location, Target, Written};
 
 /// What the file says it is.
 pub const KIND: &str = "export-events manifest";
@@ -53,7 +50,7 @@ pub struct Source {
 
 impl Source {
     /// A DuckDB file.
-    pub fn duckdb(path: &Path) -> Self {
+    pub fn duckdb(path: &std::path::Path) -> Self {
         Self {
             kind: "duckdb".into(),
             system_identifier: None,
@@ -77,17 +74,10 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
-/// The manifest of the output at `output`: `<output>.manifest.json`.
-pub fn path_of(output: &Path) -> PathBuf {
-    let mut name = output.as_os_str().to_owned();
-    name.push(".manifest.json");
-    PathBuf::from(name)
-}
-
 impl Manifest {
-    /// A manifest of `files` (their final paths), written beside `output`.
+    /// A manifest of `files` (at their final keys), written beside `output`.
     pub fn new(
-        output: &Path,
+        output: &Location,
         source: Source,
         since: Option<DateTime<Utc>>,
         snapshot: Option<String>,
@@ -95,16 +85,11 @@ impl Manifest {
         rows: u64,
         files: &[Written],
     ) -> Self {
-        let folder = output.parent().unwrap_or(Path::new("/"));
+        let folder = format!("{}/", output.folder_key().trim_end_matches('/'));
         let files = files
             .iter()
             .map(|f| FileEntry {
-                path: f
-                    .path
-                    .strip_prefix(folder)
-                    .unwrap_or(&f.path)
-                    .display()
-                    .to_string(),
+                path: f.key.strip_prefix(&folder).unwrap_or(&f.key).to_owned(),
                 rows: f.rows,
                 min_timestamp: f.range.map(|(min, _)| instant(min)),
                 max_timestamp: f.range.map(|(_, max)| instant(max)),
@@ -126,20 +111,23 @@ impl Manifest {
         }
     }
 
-    /// The manifest as a file ready to be committed last, at `path_of(output)`.
+    /// The manifest as a file ready to be committed last, beside `output`.
     pub fn stage(&self, output: &Target) -> Result<AtomicFile> {
-        let target = output.at(path_of(&output.path));
-        let mut file = AtomicFile::create(&target)?;
+        let mut file = output.at(output.at.manifest()).create_file()?;
         serde_json::to_writer_pretty(&mut file, self).context("writing the manifest")?;
         std::io::Write::write_all(&mut file, b"\n")?;
         Ok(file)
     }
 
-    /// Reads a manifest, refusing what is not one.
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading manifest {}", path.display()))?;
-        Self::parse(&text, &path.display().to_string())
+    /// Reads the manifest at `at`, refusing what is not one.
+    pub fn read(at: &Location) -> Result<Self> {
+        let shown = at.shown();
+        let text = at
+            .store()
+            .get(at.key())
+            .with_context(|| format!("reading manifest {shown}"))?
+            .with_context(|| format!("manifest {shown} not found"))?;
+        Self::parse(&String::from_utf8_lossy(&text), &shown)
     }
 
     /// A manifest's text, read from `name`, refusing what is not one.
@@ -154,35 +142,19 @@ impl Manifest {
         serde_json::from_value(value).with_context(|| format!("reading {name}"))
     }
 
-    /// The paths of its files, each inside the manifest's folder: a manifest naming `../x`, an
-    /// absolute path or a path through a symlink is refused (manifests are read back from
-    /// shared folders; nothing outside the output is ever hashed or deleted on their word).
-    pub fn file_paths(&self, manifest: &Path) -> Result<Vec<PathBuf>> {
-        let folder = manifest.parent().unwrap_or(Path::new("/"));
-        self.confined(manifest, |name| crate::confine::inside(folder, name))
-    }
-
-    /// As [`Self::file_paths`] for a manifest in object storage (`manifest` is its key as a
-    /// path): keys under the manifest's prefix.
-    pub fn file_keys(&self, manifest: &Path) -> Result<Vec<PathBuf>> {
-        let folder = manifest.parent().unwrap_or(Path::new("/"));
-        self.confined(manifest, |name| {
-            crate::confine::relative(name).map(|r| folder.join(r))
-        })
-    }
-
-    fn confined(
-        &self,
-        manifest: &Path,
-        place: impl Fn(&str) -> Result<PathBuf, crate::confine::Refused>,
-    ) -> Result<Vec<PathBuf>> {
+    /// The keys of its files, each inside the manifest's folder: a manifest naming `../x`, an
+    /// absolute path or (in a folder) a path through a symlink is refused (manifests are read
+    /// back from shared places; nothing outside the output is ever hashed or deleted on their
+    /// word).
+    pub fn file_keys(&self, manifest: &Location) -> Result<Vec<String>> {
+        let folder = manifest.folder();
         self.files
             .iter()
             .map(|f| {
-                place(&f.path).map_err(|e| {
+                folder.store().confine(folder.key(), &f.path).map_err(|e| {
                     crate::error::UsageError(format!(
                         "manifest {} names {e}: refusing it",
-                        manifest.display()
+                        manifest.shown()
                     ))
                     .into()
                 })
@@ -198,16 +170,12 @@ fn instant(micros: i64) -> String {
         .unwrap_or_else(|| if micros > 0 { "infinity" } else { "-infinity" }.into())
 }
 
-/// Removes the manifest of `output`, before a commit that replaces what it describes.
-pub fn remove_old(output: &Target) -> Result<()> {
-    let path = path_of(&output.path);
-    if let Some(bucket) = &output.remote {
-        return bucket.delete(&super::target::key_of(&path));
-    }
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing the old manifest {}", path.display()))
-        }
-        _ => Ok(()),
-    }
+/// Removes the manifest of `output`, before a commit that replaces what it describes (an
+/// object store may end uploads to a key it deletes: before the new one is started).
+pub fn remove_old(output: &Location) -> Result<()> {
+    let manifest = output.manifest();
+    manifest
+        .store()
+        .delete(manifest.key())
+        .with_context(|| format!("removing the old manifest {}", manifest.shown()))
 }

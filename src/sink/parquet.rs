@@ -17,7 +17,8 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use super::format::{Compression, Encoding, Format};
-use super::{AtomicFile, Sink, Staged, Target};
+use super::Sink;
+use crate::store::{AtomicFile, Staged, Target};
 
 /// The registry's entry.
 pub const FORMAT: Format = Format {
@@ -89,12 +90,12 @@ impl ParquetSink {
     /// Starts the file.
     pub fn create(target: &Target, schema: SchemaRef, compression: Compression) -> Result<Self> {
         let (file, factory) = ArrowWriter::try_new(
-            AtomicFile::create(target)?,
+            target.create_file()?,
             schema.clone(),
             Some(properties(compression)),
         )
         .and_then(ArrowWriter::into_serialized_writer)
-        .with_context(|| format!("starting {}", target.path.display()))?;
+        .with_context(|| format!("starting {}", target.at.shown()))?;
         Ok(Self {
             file,
             factory,
@@ -137,7 +138,7 @@ impl ParquetSink {
                 .map_err(|_| anyhow::anyhow!("a Parquet encoder panicked"))??;
             mine
         })
-        .with_context(|| format!("writing {}", self.target.path.display()))?;
+        .with_context(|| format!("writing {}", self.target.at.shown()))?;
         self.group_rows += self.pending_rows;
         self.pending_rows = 0;
         let bytes: usize = self
@@ -235,7 +236,7 @@ impl Sink for ParquetSink {
     }
 
     fn close(mut self: Box<Self>) -> Result<Staged> {
-        let path = self.target.path.display().to_string();
+        let path = self.target.at.shown();
         self.encode()?;
         self.end_row_group()
             .with_context(|| format!("finishing {path}"))?;

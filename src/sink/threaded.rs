@@ -13,7 +13,8 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, Context as _, Result};
 use arrow::record_batch::RecordBatch;
 
-use super::{Sink, Staged};
+use super::Sink;
+use crate::store::Staged;
 
 /// Batches waiting per sink (DuckDB's batches hold 2,048 rows).
 const QUEUE: usize = 32;
@@ -67,6 +68,39 @@ impl<T: Send + 'static> Writers<T> {
     }
 }
 
+/// The writers of an output once it has started: rows go to them, then they are closed.
+pub struct Started<T: Send + 'static>(Option<Writers<T>>);
+
+impl<T: Send + 'static> Default for Started<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T: Send + 'static> Started<T> {
+    /// Starts one thread per sink.
+    pub fn start(&mut self, sinks: Vec<Box<dyn Sink<T>>>) -> Result<()> {
+        self.0 = Some(Writers::spawn(sinks)?);
+        Ok(())
+    }
+
+    /// Hands `batch` to every sink.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.0
+            .as_mut()
+            .context("the writers start before the rows")?
+            .write(batch)
+    }
+
+    /// Waits for every sink to finish; their outputs, in order.
+    pub fn close(&mut self) -> Result<Vec<T>> {
+        self.0
+            .take()
+            .context("the writers start before the rows")?
+            .close()
+    }
+}
+
 impl<T: Send + 'static> Drop for Writers<T> {
     fn drop(&mut self) {
         // Closing the channels ends each thread; its unfinished file goes with it.
@@ -98,10 +132,10 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
-    use crate::sink::Target;
+    use crate::store::{AtomicFile, Target};
 
     /// Writes the ids it gets, one per line; fails on a negative id.
-    struct Ids(crate::sink::AtomicFile);
+    struct Ids(AtomicFile);
 
     impl Sink for Ids {
         fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -131,8 +165,8 @@ mod tests {
         names
             .iter()
             .map(|name| {
-                let target = Target::resolve(Some(name.as_ref()), "x", dir).unwrap();
-                Box::new(Ids(crate::sink::AtomicFile::create(&target).unwrap())) as Box<dyn Sink>
+                let target = Target::owned(crate::store::url::local(&dir.join(name)), 0o600);
+                Box::new(Ids(target.create_file().unwrap())) as Box<dyn Sink>
             })
             .collect()
     }
@@ -147,7 +181,7 @@ mod tests {
                 .unwrap();
         }
         let files = writers.close().unwrap();
-        crate::sink::commit_all(files).unwrap();
+        crate::store::commit::commit_all(crate::store::url::local_store().as_ref(), files).unwrap();
         let expected: String = (0..1_000).map(|i| format!("{i}\n")).collect();
         for name in ["a", "b"] {
             assert_eq!(

@@ -18,6 +18,8 @@ use duckdb::Connection;
 use super::extension;
 use super::settings::PgConnection;
 use crate::cancel;
+use crate::error::postgres::class_of_text;
+use crate::error::{Class, Failure};
 
 /// The catalog name every source is attached under.
 pub const CATALOG: &str = "src";
@@ -82,8 +84,8 @@ impl Engine {
     /// Caps DuckDB's memory so that sorting a large DuckDB-file source spills to a private
     /// temporary folder instead of growing with the table (PostgreSQL sources stream anyway).
     pub fn bound_memory(self) -> Result<Self> {
-        super::spill::sweep();
-        let spill = super::spill::folder();
+        crate::store::scratch::sweep_dead();
+        let spill = crate::store::scratch::duckdb_spill();
         let sql = format!(
             "SET memory_limit = '{EXPORT_MEMORY_LIMIT}'; SET temp_directory = {}",
             literal(&spill.to_string_lossy())
@@ -125,7 +127,7 @@ impl Engine {
         );
         self.conn
             .execute_batch(&sql)
-            .map_err(|e| anyhow!(connect_error(&pg.redact(&e.to_string()), pg.origin)))?;
+            .map_err(|e| connect_error(&pg.redact(&e.to_string()), pg.origin))?;
         Ok(self)
     }
 
@@ -161,6 +163,11 @@ impl Engine {
     /// The DuckDB connection, for statements that return no rows.
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Runs `sql`, statements that return no rows.
+    pub fn execute(&self, sql: &str) -> Result<()> {
+        Ok(self.conn.execute_batch(sql)?)
     }
 
     /// Checks that the attached source has the tables the export reads. PostgreSQL is asked
@@ -219,7 +226,7 @@ impl Engine {
         // rolled back (see `Drop`).
         let lost = |e: duckdb::Error| {
             self.abandon();
-            anyhow!(session_error(&e.to_string()))
+            session_error(&e.to_string())
         };
         let mut statement = self
             .conn
@@ -234,10 +241,10 @@ impl Engine {
         let _watch = cancel::Watch::new(&self.conn);
         let result = loop {
             // duckdb-rs panics when fetching a later batch fails: see `install_panic_policy`.
-            let next = match panic::catch_unwind(AssertUnwindSafe(|| batches.next())) {
+            let next = match fetching(|| panic::catch_unwind(AssertUnwindSafe(|| batches.next()))) {
                 Ok(next) => next,
                 Err(payload) => {
-                    break Err(anyhow!(session_error(&panic_text(payload.as_ref())))
+                    break Err(session_error(&panic_text(payload.as_ref()))
                         .context("reading the query result"))
                 }
             };
@@ -287,23 +294,17 @@ impl Engine {
 }
 
 /// Why PostgreSQL could not be reached, without the connection string DuckDB echoes (it may
-/// hold a password; `redacted` is masked anyway) and with what to check.
-fn connect_error(redacted: &str, origin: &str) -> String {
+/// hold a password; `redacted` is masked anyway), classified, with what to check.
+fn connect_error(redacted: &str, origin: &str) -> anyhow::Error {
     // DuckDB: `IO Error: Unable to connect to Postgres at "<conninfo>": <libpq's reason>`.
     let reason = match redacted.split_once(" at \"") {
         Some((_, rest)) => rest.split_once("\": ").map_or(rest, |(_, reason)| reason),
         None => redacted,
     };
     let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
-    let fix = if reason.contains("password authentication failed")
-        || reason.contains("no password supplied")
-        || reason.contains("no pg_hba.conf entry")
-    {
-        format!("check the user and password of {origin}")
-    } else if reason.contains("certificate") || reason.contains("SSL") {
-        format!("check sslmode and sslrootcert in {origin}, and the server's certificate")
-    } else {
-        format!("check the host, port and database of {origin}, and that the server is up")
+    let class = match class_of_text(&reason) {
+        Some(class @ (Class::AuthFailed | Class::Tls)) => class,
+        _ => Class::Unreachable,
     };
     let reason = reason
         .strip_prefix("connection to server at ")
@@ -311,29 +312,21 @@ fn connect_error(redacted: &str, origin: &str) -> String {
         .map_or(reason.as_str(), |(_, why)| why)
         .trim_start_matches("FATAL: ")
         .to_owned();
-    format!("could not connect to PostgreSQL (settings from {origin}): {reason}; {fix}")
+    anyhow::Error::new(Failure::new(class, &reason, origin)).context(format!(
+        "could not connect to PostgreSQL (settings from {origin})"
+    ))
 }
 
-/// A failure while rows stream, saying plainly when the server ended the session.
-pub(crate) fn session_error(text: &str) -> String {
-    let closed = [
-        "server closed the connection",
-        "terminating connection",
-        "connection to server was lost",
-        "no connection to the server",
-        "could not receive data from server",
-        "unexpected eof",
-        "EOF detected",
-        "connection has been closed unexpectedly",
-    ];
-    if closed.iter().any(|c| text.contains(c)) {
-        return format!(
-            "the PostgreSQL server closed the connection during the export (the session was \
-             terminated, or the server restarted): {}",
-            first_line(text)
-        );
+/// A failure while rows stream, classified: the server ending the session, or having no
+/// connection left, are told by their class (the line says so plainly); anything else is
+/// DuckDB's text.
+pub(crate) fn session_error(text: &str) -> anyhow::Error {
+    match class_of_text(text) {
+        Some(class @ (Class::SessionLost | Class::TooManyConnections)) => {
+            Failure::new(class, first_line(text), "").into()
+        }
+        _ => anyhow!("{text}"),
     }
-    text.to_owned()
 }
 
 /// The connection string with [`SESSION_OPTIONS`], unless the user sets server options
@@ -370,16 +363,30 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .to_owned()
 }
 
+thread_local! {
+    /// Set while this thread fetches a streamed batch, the one place a panic is expected.
+    static FETCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `fetch` (a fetch of a streamed batch) with [`FETCHING`] set.
+fn fetching<T>(fetch: impl FnOnce() -> T) -> T {
+    FETCHING.with(|f| f.set(true));
+    let fetched = fetch();
+    FETCHING.with(|f| f.set(false));
+    fetched
+}
+
 /// duckdb-rs panics when fetching a streamed batch fails (a dropped connection, say) instead of
 /// returning an error (<https://github.com/duckdb/duckdb-rs/pull/664> changes that).
 /// [`Engine::for_each_batch`] catches that panic and reports it as an error; this hook, installed
-/// once at start, keeps its message off stderr and hands every other panic to the previous hook.
+/// once at start, keeps the message of a panic raised while fetching off stderr and hands every
+/// other panic to the previous hook.
 pub fn install_panic_policy() {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if !payload_text(info.payload()).is_some_and(|t| t.starts_with(FETCH_PANIC)) {
+            if !FETCHING.with(std::cell::Cell::get) {
                 previous(info);
             }
         }));
@@ -396,15 +403,15 @@ mod tests {
                       connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password \
                       authentication failed for user \"hub\"";
         assert_eq!(
-            connect_error(duckdb, "DATABASE_URL"),
+            crate::error::one_line(&connect_error(duckdb, "DATABASE_URL")),
             "could not connect to PostgreSQL (settings from DATABASE_URL): password \
              authentication failed for user \"hub\"; check the user and password of DATABASE_URL"
         );
-        let refused = connect_error(
+        let refused = crate::error::one_line(&connect_error(
             "IO Error: Unable to connect to Postgres at \"\": \
             connection to server at \"127.0.0.1\", port 1 failed: Connection refused",
             "PG*",
-        );
+        ));
         assert!(
             refused.ends_with(
                 "Connection refused; check the host, port and database of \
@@ -418,7 +425,8 @@ mod tests {
     fn a_terminated_session_is_named() {
         let text = session_error(
             "IO Error: FATAL: terminating connection due to administrator command\nmore",
-        );
+        )
+        .to_string();
         assert!(
             text.starts_with("the PostgreSQL server closed the connection"),
             "{text}"
@@ -427,11 +435,15 @@ mod tests {
         let tls = session_error(
             "IO Error: Unable to read binary COPY data from Postgres: SSL error: unexpected eof \
              while reading",
-        );
+        )
+        .to_string();
         assert!(
             tls.starts_with("the PostgreSQL server closed the connection"),
             "{tls}"
         );
-        assert_eq!(session_error("Conversion Error: x"), "Conversion Error: x");
+        assert_eq!(
+            session_error("Conversion Error: x").to_string(),
+            "Conversion Error: x"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! PostgreSQL's snapshot horizon: the cursor of incremental exports, whether it is kept in a
-//! state file (`cmd::incremental`) or in an Iceberg table's snapshot summary (`cmd::table`).
+//! state file (`cursor::state_file`) or in an Iceberg table's snapshot summary (`output::table::summary`).
 //!
 //! In one REPEATABLE READ transaction, `pg_snapshot_xmin(pg_current_snapshot())` is H: every
 //! transaction with an id below H has finished, and every later one has an id of at least H. A

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
 use super::query::in_postgres;
+use crate::error::UsageError;
 
 /// What an export or a state belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +19,26 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Refuses a cursor that belongs to `self` (`whose`: "state file x") for a run that reads
+    /// `now`, saying how to `fix` it.
+    pub fn check_same(&self, now: &Identity, whose: &str, fix: &str) -> Result<(), UsageError> {
+        if self == now {
+            return Ok(());
+        }
+        Err(UsageError(format!(
+            "{whose} belongs to database {} (OID {}, events table OID {}, server {}), not this \
+             one ({}, OID {}, events table OID {}, server {}): {fix}",
+            self.database,
+            self.database_oid,
+            self.events_oid,
+            self.system_identifier,
+            now.database,
+            now.database_oid,
+            now.events_oid,
+            now.system_identifier
+        )))
+    }
+
     /// The database, as a manifest names its source.
     pub fn manifest_source(self) -> crate::sink::manifest::Source {
         crate::sink::manifest::Source {
@@ -54,4 +75,30 @@ pub fn read(engine: &Engine) -> Result<(Identity, String)> {
             ))
         })
         .context("reading which database this is")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_of_another_table_is_refused() {
+        let cursor = Identity {
+            system_identifier: "7712251575486687360".into(),
+            database: "hub".into(),
+            database_oid: 16384,
+            events_oid: 16390,
+        };
+        let mut other = cursor.clone();
+        assert!(cursor.check_same(&other, "state file s", "fix").is_ok());
+        other.events_oid += 1;
+        let err = cursor
+            .check_same(&other, "state file s", "fix")
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("state file s belongs to database hub"),
+            "{err}"
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! Where the rows come from: the settings that name the source ([`settings`]), the embedded
-//! DuckDB that attaches it ([`engine`], with the `postgres` extension from [`extension`]), and
-//! the SQL that reads it ([`query`]), in the plan the export's size calls for ([`plan`]: one
-//! ordered query, time windows read at once ([`parallel`]), or a sequential read ([`scan`])
-//! sorted locally ([`distribute`])). A DuckDB-file source sorts within bounded memory, spilling
-//! to a folder of the run's own ([`spill`]).
+//! DuckDB that attaches it ([`engine`], with the `postgres` extension from [`extension`]), a
+//! run's read of it ([`read`]: one transaction, its identity and snapshot), and the SQL that
+//! reads it ([`query`]), in the plan the export's size calls for ([`plan`]: one ordered query,
+//! time windows read at once ([`parallel`]), or a sequential read ([`scan`]) sorted locally
+//! ([`distribute`])). A DuckDB-file source sorts within bounded memory, spilling to a folder of
+//! the run's own (`store::scratch`).
 
 pub mod conninfo;
 pub mod distribute;
@@ -14,10 +15,10 @@ pub mod identity;
 pub mod parallel;
 pub mod plan;
 pub mod query;
+pub mod read;
 pub mod rules;
 pub mod scan;
 pub mod settings;
-pub mod spill;
 
 use std::path::Path;
 

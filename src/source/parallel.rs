@@ -6,7 +6,7 @@
 //! session of its own) that imports it (`SET TRANSACTION SNAPSHOT`), as DuckDB's parallel scan
 //! does, so all windows together are one consistent read. Window 0 streams to the caller as it
 //! arrives; the later ones are taken in order by reader threads, each into an Arrow IPC spool
-//! file (hidden, beside the output, so `sink::recover` removes one a killed run left), and
+//! file (hidden, beside the output, so the store's recovery removes one a killed run left), and
 //! replayed in order as soon as each is complete: the caller's encoding of one window overlaps
 //! the reading of the next. At most `jobs` windows are read at a time. Memory stays flat; the
 //! spools cost disk, at most about the size of the windows not yet replayed.
@@ -129,7 +129,7 @@ pub(super) fn export_snapshot(engine: &Engine) -> Result<String> {
         .map_err(|e| {
             // The session may be gone: never roll it back (see `Engine::abandon`).
             engine.abandon();
-            anyhow::anyhow!(session_error(&e.to_string()))
+            session_error(&e.to_string())
         })
         .context("exporting the snapshot for the parallel read")
 }
@@ -143,7 +143,7 @@ pub(super) fn join_snapshot(engine: &Engine, snapshot: &str) -> Result<Engine> {
         "BEGIN TRANSACTION; CALL postgres_execute('{CATALOG}', {})",
         literal(&import)
     ))
-    .map_err(|e| anyhow::anyhow!(session_error(&e.to_string())))
+    .map_err(|e| session_error(&e.to_string()))
     .context("joining the export's snapshot")?;
     Ok(Engine::from(conn))
 }
@@ -165,16 +165,9 @@ fn read_rest_here(
 }
 
 /// Whether starting a reader failed because the server refused another connection (its, the
-/// role's or the database's limit).
+/// role's or the database's limit: SQLSTATE 53300).
 pub(super) fn is_connection_refused(error: &anyhow::Error) -> bool {
-    let text = error.chain().map(ToString::to_string).collect::<String>();
-    [
-        "too many connections",
-        "too many clients",
-        "remaining connection slots are reserved",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
+    crate::error::class_of(error) == Some(crate::error::Class::TooManyConnections)
 }
 
 /// Commits a reader's read that succeeded. After a failure the connection is abandoned, not
@@ -260,7 +253,7 @@ fn start_reader(
 /// Streams the rows of `sql` into a new spool file as Arrow IPC.
 fn spool_window(engine: &Engine, sql: &str, shared: &Shared) -> Result<(u64, NamedTempFile)> {
     let folder = shared.spool.parent().unwrap_or(Path::new("."));
-    let mut file = crate::sink::file::beside(&shared.spool, |b| b.tempfile_in(folder))
+    let mut file = crate::store::local::beside(&shared.spool, |b| b.tempfile_in(folder))
         .with_context(|| format!("creating a spool file in {}", folder.display()))?;
     let mut writer: Option<StreamWriter<BufWriter<File>>> = None;
     let rows = engine.for_each_batch(sql, |batch| {

@@ -53,7 +53,7 @@ fn by_rule(sql: String) -> String {
 }
 
 /// Which row versions an incremental run exports: those written by the transactions of its
-/// window, told apart by PostgreSQL's `age(xmin)` (see `cmd::incremental`). A row is in the
+/// window, told apart by PostgreSQL's `age(xmin)` (see `source::horizon`). A row is in the
 /// window when `end_age < age(xmin) <= start_age`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {

@@ -45,7 +45,7 @@ pub fn for_each_batch(
 ) -> Result<u64> {
     let snapshot = parallel::export_snapshot(engine)?;
     let folder = spool.parent().unwrap_or(Path::new("."));
-    let dir = crate::sink::file::beside(spool, |b| b.tempdir_in(folder))
+    let dir = crate::store::local::beside(spool, |b| b.tempdir_in(folder))
         .with_context(|| format!("creating a spill folder in {}", folder.display()))?;
     let spill: OnceLock<Spill> = OnceLock::new();
     let next = AtomicUsize::new(0);
@@ -68,11 +68,35 @@ pub fn for_each_batch(
             })?;
         }
     };
+    on_every_connection(engine, &snapshot, scan.jobs, &abort, &read).inspect_err(|_| {
+        let _ = parallel::end_transaction(engine, false);
+    })?;
+    let Some(spill) = spill.into_inner() else {
+        return Ok(0);
+    };
+    let spilled = spill.finish()?;
+    progress.phase("writing");
+    // Two buckets in memory at once (one handed on, one loading), the rest for the sinks.
+    let rows = spilled.for_each_sorted(scan.memory / 3, each)?;
+    drop(dir);
+    Ok(rows)
+}
+
+/// Runs `read` on `engine` (in the caller's transaction) and on up to `jobs - 1` more
+/// connections, each in `snapshot`, at once; the first real failure is the cause (the others
+/// only stopped because of it, through `abort`).
+fn on_every_connection(
+    engine: &Engine,
+    snapshot: &str,
+    jobs: usize,
+    abort: &AtomicBool,
+    read: &(dyn Fn(&Engine) -> Result<()> + Sync),
+) -> Result<()> {
     std::thread::scope(|scope| -> Result<()> {
         let mut readers = Vec::new();
         let mut started = Ok(());
-        for _ in 1..scan.jobs.max(1) {
-            match parallel::join_snapshot(engine, &snapshot) {
+        for _ in 1..jobs.max(1) {
+            match parallel::join_snapshot(engine, snapshot) {
                 Ok(reader) => readers.push(scope.spawn(move || {
                     let result = read(&reader);
                     let _ = parallel::end_transaction(&reader, result.is_ok());
@@ -109,18 +133,6 @@ pub fn for_each_batch(
         }
         result
     })
-    .inspect_err(|_| {
-        let _ = parallel::end_transaction(engine, false);
-    })?;
-    let Some(spill) = spill.into_inner() else {
-        return Ok(0);
-    };
-    let spilled = spill.finish()?;
-    progress.phase("writing");
-    // Two buckets in memory at once (one handed on, one loading), the rest for the sinks.
-    let rows = spilled.for_each_sorted(scan.memory / 3, each)?;
-    drop(dir);
-    Ok(rows)
 }
 
 /// The relations a sequential read covers: `events`, or its leaf partitions, with their sizes

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::error::UsageError;
 
 /// The resolved source of the export.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Source {
     Postgres(PgConnection),
     DuckDbFile(PathBuf),

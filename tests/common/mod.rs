@@ -8,6 +8,7 @@
 
 pub mod feed;
 pub mod lake;
+pub mod leftovers;
 pub mod own_s3;
 
 use std::path::{Path, PathBuf};

@@ -24,7 +24,6 @@ use iceberg_catalog_rest::{
 };
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 
-use super::storage::WarehouseStorageFactory;
 use super::Warehouse;
 use crate::error::{self, UsageError};
 use crate::runtime::runtime;
@@ -52,38 +51,46 @@ pub enum CatalogSpec {
 }
 
 impl CatalogSpec {
-    /// `sqlite:PATH` (relative to `cwd`) or `postgres://…`.
+    /// `sqlite:PATH` (relative to `cwd`), `postgres://…` or `http(s)://…`, by its scheme.
     pub fn parse(text: &str, cwd: &Path) -> Result<Self, UsageError> {
-        if let Some(path) = text.strip_prefix("sqlite:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if path.is_empty() || path.contains('?') {
-                return Err(UsageError(format!(
-                    "--catalog {text}: give the SQLite file's path, such as sqlite:exports/lake.db"
-                )));
+        let (scheme, rest) = text.split_once(':').unwrap_or_default();
+        match scheme {
+            "sqlite" => {
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                if path.is_empty() || path.contains('?') {
+                    return Err(UsageError(format!(
+                        "--catalog {text}: give the SQLite file's path, such as \
+                         sqlite:exports/lake.db"
+                    )));
+                }
+                Ok(Self::Sqlite(cwd.join(path)))
             }
-            return Ok(Self::Sqlite(cwd.join(path)));
-        }
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            error::keep_secret(text);
-            return Ok(Self::Postgres(text.to_owned()));
-        }
-        if text.starts_with("http://") || text.starts_with("https://") {
-            let authority = text.split('/').nth(2).unwrap_or_default();
-            if authority.contains('@') {
+            "postgres" | "postgresql" if rest.starts_with("//") => {
                 error::keep_secret(text);
-                return Err(UsageError(format!(
-                    "--catalog {}: put no credentials in a REST catalog's URL; set \
-                     {REST_TOKEN} (a bearer token) or {REST_CREDENTIAL} (CLIENT_ID:SECRET)",
-                    error::redact(text)
-                )));
+                Ok(Self::Postgres(text.to_owned()))
             }
-            return Ok(Self::Rest(text.trim_end_matches('/').to_owned()));
+            "http" | "https" if rest.starts_with("//") => {
+                let authority = rest
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                if authority.contains('@') {
+                    error::keep_secret(text);
+                    return Err(UsageError(format!(
+                        "--catalog {}: put no credentials in a REST catalog's URL; set \
+                         {REST_TOKEN} (a bearer token) or {REST_CREDENTIAL} (CLIENT_ID:SECRET)",
+                        error::redact(text)
+                    )));
+                }
+                Ok(Self::Rest(text.trim_end_matches('/').to_owned()))
+            }
+            _ => Err(UsageError(format!(
+                "--catalog {}: unknown catalog; use sqlite:PATH (a file, created when missing), a \
+                 postgres:// URL (Iceberg's SQL catalog) or an http(s):// REST catalog",
+                error::redact(text)
+            ))),
         }
-        Err(UsageError(format!(
-            "--catalog {}: unknown catalog; use sqlite:PATH (a file, created when missing), a \
-             postgres:// URL (Iceberg's SQL catalog) or an http(s):// REST catalog",
-            error::redact(text)
-        )))
     }
 
     /// As messages show it (no password).
@@ -99,11 +106,9 @@ impl CatalogSpec {
     /// missing. A warehouse in S3 is checked first: wrong credentials or a missing bucket stop
     /// the run in one line, before anything is read or written.
     pub fn open(&self, warehouse: &Warehouse) -> Result<Arc<dyn Catalog>> {
-        if let Warehouse::S3 { bucket, prefix } = warehouse {
-            let check = format!("{prefix}/.export-events-check")
-                .trim_start_matches('/')
-                .to_owned();
-            crate::sink::object::Bucket::open(bucket)?.check_write(&check)?;
+        if let Warehouse::Store(at) = warehouse {
+            let check = at.join(".export-events-check");
+            at.store().check_write(check.key())?;
         }
         let (uri, style) = match self {
             Self::Sqlite(path) => {
@@ -123,7 +128,7 @@ impl CatalogSpec {
             .uri(uri)
             .warehouse_location(warehouse.location())
             .sql_bind_style(style)
-            .with_storage_factory(Arc::new(WarehouseStorageFactory));
+            .with_storage_factory(Arc::new(crate::store::iceberg::WarehouseStorageFactory));
         let catalog = runtime()
             .block_on(builder.load(CATALOG_NAME, HashMap::new()))
             .with_context(|| format!("opening catalog {}", self.shown()))?;
@@ -146,8 +151,8 @@ fn rest(url: &str, warehouse: &Warehouse) -> Result<Arc<dyn Catalog>> {
             props.insert(property.to_owned(), secret);
         }
     }
-    let builder =
-        RestCatalogBuilder::default().with_storage_factory(Arc::new(WarehouseStorageFactory));
+    let builder = RestCatalogBuilder::default()
+        .with_storage_factory(Arc::new(crate::store::iceberg::WarehouseStorageFactory));
     let catalog = runtime().block_on(async {
         let catalog = builder.load(CATALOG_NAME, props).await?;
         catalog.list_namespaces(None).await.map(|_| catalog)
@@ -227,28 +232,7 @@ pub fn table(
     let shown = super::dotted(ident);
     let wanted = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
         .context("the event model as an Iceberg schema")?;
-    let (column, name, transform) = layout.partition;
-    let existing = |table: Table| -> Result<Table> {
-        check_columns(&table, &wanted, &shown)?;
-        let have = table.metadata();
-        let source = have.current_schema().field_id_by_name(column);
-        let spec = have.default_partition_spec();
-        let same = spec
-            .fields()
-            .iter()
-            .any(|f| Some(f.source_id) == source && f.transform == transform);
-        if layout.chosen && !same {
-            bail!(UsageError(format!(
-                "table {shown} is partitioned as {:?}, not by {column} {transform}: drop \
-                 --partition-by (the table's own partitioning is used) or export to a new table",
-                spec.fields()
-                    .iter()
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-            )));
-        }
-        Ok(table)
-    };
+    let existing = |table: Table| check_existing(table, &wanted, layout, &shown);
     runtime()
         .block_on(async {
             if catalog.table_exists(ident).await? {
@@ -265,36 +249,7 @@ pub fn table(
                     Err(e) => return Err(e.into()),
                 }
             }
-            let source = wanted
-                .field_id_by_name(column)
-                .context("the model has the partition's column")?;
-            let spec = UnboundPartitionSpec::builder()
-                .add_partition_field(source, name, transform)?
-                .build();
-            let mut order = SortOrder::builder();
-            for column in layout.newest_first {
-                let source_id = wanted
-                    .field_id_by_name(column)
-                    .context("the model has the sort order's column")?;
-                order.with_sort_field(SortField {
-                    source_id,
-                    transform: Transform::Identity,
-                    direction: SortDirection::Descending,
-                    null_order: NullOrder::First,
-                });
-            }
-            // Order 1, or unsorted (order 0) without fields.
-            let order = order.build(&wanted)?;
-            let creation = TableCreation::builder()
-                .name(ident.name().to_owned())
-                .schema(wanted.clone())
-                .partition_spec(spec)
-                .sort_order(order)
-                .properties([(
-                    "write.parquet.compression-codec".to_owned(),
-                    "zstd".to_owned(),
-                )])
-                .build();
+            let creation = creation(ident, &wanted, layout)?;
             match catalog.create_table(ident.namespace(), creation).await {
                 Ok(table) => Ok(table),
                 // Another run created it meanwhile: the same table.
@@ -305,6 +260,75 @@ pub fn table(
             }
         })
         .with_context(|| format!("creating or loading table {shown}"))
+}
+
+/// An existing table, if it holds the columns export-events writes and (when the user chose a
+/// partitioning) is partitioned so.
+fn check_existing(
+    table: Table,
+    wanted: &iceberg::spec::Schema,
+    layout: Layout,
+    shown: &str,
+) -> Result<Table> {
+    let (column, _, transform) = layout.partition;
+    check_columns(&table, wanted, shown)?;
+    let have = table.metadata();
+    let source = have.current_schema().field_id_by_name(column);
+    let spec = have.default_partition_spec();
+    let same = spec
+        .fields()
+        .iter()
+        .any(|f| Some(f.source_id) == source && f.transform == transform);
+    if layout.chosen && !same {
+        bail!(UsageError(format!(
+            "table {shown} is partitioned as {:?}, not by {column} {transform}: drop \
+             --partition-by (the table's own partitioning is used) or export to a new table",
+            spec.fields()
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+        )));
+    }
+    Ok(table)
+}
+
+/// A new table of `wanted`'s columns, partitioned and sorted as `layout` says.
+fn creation(
+    ident: &TableIdent,
+    wanted: &iceberg::spec::Schema,
+    layout: Layout,
+) -> Result<TableCreation> {
+    let (column, name, transform) = layout.partition;
+    let source = wanted
+        .field_id_by_name(column)
+        .context("the model has the partition's column")?;
+    let spec = UnboundPartitionSpec::builder()
+        .add_partition_field(source, name, transform)?
+        .build();
+    let mut order = SortOrder::builder();
+    for column in layout.newest_first {
+        let source_id = wanted
+            .field_id_by_name(column)
+            .context("the model has the sort order's column")?;
+        order.with_sort_field(SortField {
+            source_id,
+            transform: Transform::Identity,
+            direction: SortDirection::Descending,
+            null_order: NullOrder::First,
+        });
+    }
+    // Order 1, or unsorted (order 0) without fields.
+    let order = order.build(wanted)?;
+    Ok(TableCreation::builder()
+        .name(ident.name().to_owned())
+        .schema(wanted.clone())
+        .partition_spec(spec)
+        .sort_order(order)
+        .properties([(
+            "write.parquet.compression-codec".to_owned(),
+            "zstd".to_owned(),
+        )])
+        .build())
 }
 
 /// Buckets of `--partition-by rule`: a few files per export, whatever the number of rules.

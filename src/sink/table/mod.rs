@@ -13,7 +13,6 @@ pub mod catalog;
 pub mod check;
 pub mod commit;
 pub mod pending;
-pub mod storage;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +21,7 @@ use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
 
 use crate::error::UsageError;
+use crate::store::Location;
 use catalog::CatalogSpec;
 
 /// How `--output` names a table.
@@ -36,52 +36,21 @@ pub struct TableOutput {
 }
 
 /// Where new tables' files go (`--warehouse`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Warehouse {
-    /// A local folder, absolute.
-    Local(PathBuf),
-    /// `s3://bucket/prefix`, reached with the AWS settings of `s3://` outputs.
-    S3 { bucket: String, prefix: String },
+    /// A folder, or a bucket's prefix (reached with the AWS settings of `s3://` outputs).
+    Store(Location),
     /// A REST catalog's: it places new tables itself; `--warehouse`, when given, is passed to it
     /// as written (the name or location of one of its warehouses).
     Catalog(Option<String>),
 }
 
 impl Warehouse {
-    /// A folder (relative to `cwd`) or `s3://bucket[/prefix]`.
-    fn parse(warehouse: &Path, cwd: &Path) -> Result<Self, UsageError> {
-        let text = warehouse.to_string_lossy();
-        if let Some(rest) = text.strip_prefix("s3://") {
-            let rest = rest.trim_end_matches('/');
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let part = |p: &str| !p.is_empty() && p != "." && p != "..";
-            let valid = part(bucket) && (prefix.is_empty() || prefix.split('/').all(part));
-            if !valid {
-                return Err(UsageError(format!(
-                    "--warehouse {text}: give a bucket and a prefix, such as s3://lake/warehouse"
-                )));
-            }
-            return Ok(Self::S3 {
-                bucket: bucket.to_owned(),
-                prefix: prefix.to_owned(),
-            });
-        }
-        if text.contains("://") {
-            return Err(UsageError(format!(
-                "--warehouse {text}: give a local folder (such as exports/lake) or \
-                 s3://bucket/prefix"
-            )));
-        }
-        Ok(Self::Local(cwd.join(warehouse)))
-    }
-
-    /// As the catalog records it: the folder's path, or the `s3://` URL.
+    /// As the catalog records it: the folder's path, or the bucket's URL.
     pub fn location(&self) -> String {
         match self {
             Self::Catalog(warehouse) => warehouse.clone().unwrap_or_default(),
-            Self::Local(path) => path.display().to_string(),
-            Self::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
-            Self::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            Self::Store(at) => at.shown(),
         }
     }
 }
@@ -130,10 +99,12 @@ impl TableOutput {
                  files, such as exports/lake"
             ))
         })?;
+        let warehouse = crate::store::url::locate_folder(&warehouse.to_string_lossy(), cwd)
+            .map_err(|e| UsageError(format!("--warehouse {}", e.0)))?;
         Ok(Some(Self {
             ident,
             catalog,
-            warehouse: Warehouse::parse(warehouse, cwd)?,
+            warehouse: Warehouse::Store(warehouse),
         }))
     }
 
@@ -142,22 +113,18 @@ impl TableOutput {
         format!("{SCHEME}{}", dotted(&self.ident))
     }
 
-    /// Where export-events keeps what it needs beside the tables of this warehouse (locks and
-    /// pending records), out of every table's location: in a local warehouse, its
-    /// `.export-events/<table>` folder; for one in S3 or a REST catalog's, a folder of this
-    /// machine's state (as S3 outputs keep their upload journals).
+    /// Where export-events keeps what it needs beside this table (its lock and pending
+    /// records), out of every table's location: the warehouse store's private folder for it (a
+    /// local warehouse's `.export-events/<table>`, or a folder of this machine's state); for a
+    /// REST catalog's table, a folder of this machine's state.
     pub fn own_folder(&self) -> PathBuf {
         match &self.warehouse {
-            Warehouse::Local(path) => path.join(".export-events").join(dotted(&self.ident)),
-            Warehouse::S3 { .. } | Warehouse::Catalog(_) => crate::sink::object::local_name(
-                &format!(
-                    "{} {} {}",
-                    self.catalog.shown(),
-                    self.warehouse.location(),
-                    dotted(&self.ident)
-                ),
-                "table",
-            ),
+            Warehouse::Store(at) => at.store().private_folder(at.key(), &dotted(&self.ident)),
+            Warehouse::Catalog(_) => crate::store::scratch::state_file(
+                &format!("{} {}", self.catalog.shown(), self.warehouse.location()),
+                "warehouse",
+            )
+            .join(dotted(&self.ident)),
         }
     }
 }
@@ -191,7 +158,7 @@ pub fn holds(rows: u64) -> String {
 
 /// `NAMESPACE.TABLE` (a namespace may itself have dots: `lake.hub.events`): parts of letters,
 /// digits and underscores, so that no name becomes a path of its own choosing.
-fn parse_ident(name: &str) -> Result<TableIdent, UsageError> {
+pub(super) fn parse_ident(name: &str) -> Result<TableIdent, UsageError> {
     let parts: Vec<&str> = name.split('.').collect();
     let valid = |part: &&str| {
         !part.is_empty()
@@ -238,7 +205,7 @@ mod tests {
         .unwrap();
         assert_eq!(table.shown(), "iceberg:lake.hub.events");
         assert_eq!(table.ident.name(), "events");
-        assert_eq!(table.warehouse, Warehouse::Local("/work/wh".into()));
+        assert_eq!(table.warehouse.location(), "/work/wh");
         let table = resolve(
             "iceberg:hub.events",
             Some("sqlite:l.db"),
@@ -251,7 +218,7 @@ mod tests {
         let rest = resolve("iceberg:hub.events", Some("https://cat/api"), None)
             .unwrap()
             .unwrap();
-        assert_eq!(rest.warehouse, Warehouse::Catalog(None));
+        assert!(matches!(rest.warehouse, Warehouse::Catalog(None)));
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! an edited or planted record can only name a run folder of this table. The next run, holding
 //! the table's lock (so no live run is mid-write), settles every record ([`settle`]): a run
 //! whose snapshot is in the table was committed, and keeps its files; any other run's folder is
-//! removed, unless a committed snapshot references a file in it (its snapshot may have been
-//! expired from the metadata while its files live on).
+//! removed (and its unfinished uploads aborted), unless a committed snapshot references a file
+//! in it (its snapshot may have been expired from the metadata while its files live on). A run
+//! into any table of the warehouse also settles, best effort, the records of the others whose
+//! lock is free ([`settle_neighbours`]): a table that is never written again keeps nothing a
+//! killed run left.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -16,9 +19,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use iceberg::spec::ManifestList;
 use iceberg::table::Table;
+use iceberg::Catalog;
 use uuid::Uuid;
 
 use crate::runtime::runtime;
+use crate::store::{url, RunLock, Wait};
 
 /// The snapshot summary property that names the run which committed a snapshot.
 pub const RUN_PROPERTY: &str = "export-events.run";
@@ -105,12 +110,78 @@ pub fn settle(own: &Path, table: &Table) -> Result<()> {
                 runtime()
                     .block_on(table.file_io().delete_prefix(&data))
                     .with_context(|| format!("removing {data}, left by an interrupted run"))?;
+                let at = url::of_recorded(&data)?;
+                at.store().recover(&[at.key()])?;
             }
         }
         std::fs::remove_file(entry.path())
             .with_context(|| format!("removing {}", entry.path().display()))?;
     }
     Ok(())
+}
+
+/// Settles, best effort, what killed runs left in the other tables of the warehouse whose
+/// private folders are beside `own` (in the `warehouse` catalog records): each one's lock is
+/// taken without waiting (a table being written is left alone), its records settled against
+/// the table of that name in `catalog` if it lies in `warehouse`, and what its run read ahead
+/// removed. Never fails the run: what cannot be settled now waits for that table's next run.
+pub fn settle_neighbours(own: &Path, catalog: &dyn Catalog, warehouse: &str, quiet: bool) {
+    let Some(Ok(entries)) = own.parent().map(std::fs::read_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let folder = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(ident) = super::parse_ident(&name) else {
+            continue;
+        };
+        if folder == own || !has_leftovers(&folder) {
+            continue;
+        }
+        let Ok(_lock) = RunLock::acquire(&folder.join("lock"), &name, Wait::No) else {
+            continue;
+        };
+        let settled = (|| -> Result<()> {
+            sweep_spool(&folder)?;
+            if !runtime().block_on(catalog.table_exists(&ident))? {
+                return Ok(());
+            }
+            let table = runtime().block_on(catalog.load_table(&ident))?;
+            if table.metadata().location().starts_with(warehouse) {
+                settle(&folder, &table)?;
+            }
+            Ok(())
+        })();
+        if let (Err(e), false) = (settled, quiet) {
+            eprintln!(
+                "export-events: what a killed run left in table {name} stays for its next run: {}",
+                crate::error::one_line(&e)
+            );
+        }
+    }
+}
+
+/// Whether a table's private folder holds anything a killed run left: records, a lock, or
+/// what it read ahead.
+fn has_leftovers(folder: &Path) -> bool {
+    std::fs::read_dir(folder).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            name != "pending" || std::fs::read_dir(e.path()).is_ok_and(|mut r| r.next().is_some())
+        })
+    })
+}
+
+/// Removes the spool and spill files a killed run left in the private folder `own` (beside
+/// its `export` path).
+pub fn sweep_spool(own: &Path) -> Result<()> {
+    let spool = url::local(&spool(own));
+    spool.store().recover(&[spool.key()])
+}
+
+/// Where a run into the table of the private folder `own` spools what it reads ahead.
+pub fn spool(own: &Path) -> PathBuf {
+    own.join("export")
 }
 
 /// The data files the table's current snapshot references.

@@ -293,14 +293,21 @@ impl Sink<Vec<DataFile>> for TableSink {
     }
 }
 
-/// The one-line full-disk error, when that is what `e` is: the crate's local file writer keeps
-/// only the text of the operating system's error (`… (os error 28)`), not the error itself.
+/// The one-line full-disk error, when that is what `e` is: an `io::Error` of a full disk
+/// somewhere in its chain of causes (the store's writers keep it).
 fn full_disk(e: &iceberg::Error, folder: &str) -> Option<anyhow::Error> {
-    let text = e.to_string();
-    text.contains(&format!("(os error {})", libc::ENOSPC))
-        .then(|| {
-            let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
-            crate::sink::file::full_disk_writing(io, &format!("the table's data files in {folder}"))
-                .into()
-        })
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(libc::ENOSPC)
+            {
+                let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+                let what = format!("the table's data files in {folder}");
+                return Some(crate::store::file::full_disk_writing(io, &what).into());
+            }
+        }
+        cause = error.source();
+    }
+    None
 }

@@ -13,7 +13,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::StreamWriter;
 
 use super::{bucket_of, key_at, key_columns, Key, Part, Spilled};
-use crate::sink::file::full_disk_writing;
+use crate::store::file::full_disk_writing;
 
 /// Pieces of batches smaller than this wait to be written with others.
 const PIECE_ROWS: usize = 1_024;
@@ -196,7 +196,7 @@ impl Spill {
 }
 
 /// A spill file whose write errors say, on a full disk, what was being written, as an output
-/// file's do (`sink::file::full_disk_writing`).
+/// file's do (`store::file::full_disk_writing`).
 struct SpillFile {
     file: File,
     what: String,

@@ -1,0 +1,73 @@
+//! `export-events changes`: every insert, update and delete of `events` (and renames of
+//! `rules`, which change the `rule` column of past events), in commit order, from a logical
+//! replication slot, without Kafka or a JVM.
+//!
+//! Built on what PostgreSQL has: the `pgoutput` plugin with a publication of the two tables. The
+//! slot is read over the streaming replication protocol ([`stream`], [`follow`]); `--via sql`
+//! keeps the older path, `pg_logical_slot_peek_binary_changes` through DuckDB ([`sql`]). The
+//! messages become changes ([`pgoutput`], [`decode`], [`change`]); each batch of whole
+//! transactions is delivered to a destination of the registry ([`sink`]: change files, NATS
+//! JetStream, an Iceberg table), and only then is its end confirmed. A crash before that
+//! re-reads the same changes: at-least-once from PostgreSQL, exactly once in every destination.
+//! `--create-slot --initial-export PATH` creates the slot with an exported snapshot and takes
+//! the initial export inside it ([`create`]), so export plus feed is the table with no overlap.
+
+pub mod change;
+mod create;
+mod decode;
+mod follow;
+pub mod pgoutput;
+pub mod plan;
+mod rows;
+pub mod sink;
+mod slot;
+mod sql;
+mod stream;
+
+use anyhow::Result;
+
+use crate::cancel::{self, Mode};
+use crate::source::engine::{Access, Engine};
+use crate::source::query::Dialect;
+use plan::{Feed as Plan, Reading, SlotAction, Via};
+use slot::Feed;
+
+/// Runs the feed's plan.
+pub fn run(plan: &Plan) -> Result<()> {
+    let engine = Engine::postgres(&plan.pg, Access::ReadWrite)?.single_threaded()?;
+    let feed = Feed {
+        engine: &engine,
+        pg: &plan.pg,
+        slot: &plan.slot,
+    };
+    match &plan.action {
+        SlotAction::Create { record, initial } => {
+            create::run(&feed, record, initial.as_deref(), plan.quiet)
+        }
+        SlotAction::Status => feed.require_slot().and_then(|()| feed.status()),
+        SlotAction::Drop => feed.require_slot().and_then(|()| feed.drop()),
+        SlotAction::Read(reading) => {
+            feed.require_slot()?;
+            read(&feed, reading, plan)
+        }
+    }
+}
+
+/// Delivers the slot's changes to the destination, one run per slot and destination.
+fn read(feed: &Feed, reading: &Reading, plan: &Plan) -> Result<()> {
+    // With --follow a signal means "finish the batch you are on, then stop"; otherwise the run
+    // stops at once and its unfinished batch is dropped.
+    cancel::install(match reading.follow {
+        Some(_) => Mode::Finish,
+        None => Mode::Cancel,
+    })?;
+    let zone = crate::source::zone(feed.engine, Dialect::Postgres)?;
+    let dest = reading.sink.open(&feed.scope()?, zone, plan.quiet)?;
+    let _lock = dest.lock(feed.slot, plan.wait)?;
+    let total = match reading.via {
+        Via::Stream => follow::run(feed, dest.as_ref(), reading, plan.quiet)?,
+        Via::Sql => sql::run(feed, dest.as_ref(), reading, plan.quiet)?,
+    };
+    println!("Wrote {total} changes to {}", dest.shown());
+    Ok(())
+}

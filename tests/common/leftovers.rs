@@ -1,0 +1,114 @@
+//! What a killed run may leave, looked for where it could be: hidden files beside a local
+//! output, incomplete multipart uploads and stray objects in the test S3 server (read with
+//! boto3, `tests/s3_client.py`), notes, locks and table records in the run's state folder,
+//! spools and spills in its `$TMPDIR`, and a table's data files that no snapshot references.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::*;
+
+/// The test S3 server's client, on the shared bucket: `args` as `tests/s3_client.py` takes them;
+/// its output lines, sorted.
+pub fn s3_lines(args: &[&str]) -> Vec<String> {
+    let out = Command::new(setting("EXPORT_EVENTS_TEST_S3_PYTHON"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_client.py"))
+        .args(args)
+        .env(
+            "AWS_ENDPOINT_URL",
+            setting("EXPORT_EVENTS_TEST_S3_ENDPOINT"),
+        )
+        .env("AWS_ACCESS_KEY_ID", setting("EXPORT_EVENTS_TEST_S3_KEY"))
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            setting("EXPORT_EVENTS_TEST_S3_SECRET"),
+        )
+        .env("AWS_REGION", "garage")
+        .env(
+            "EXPORT_EVENTS_TEST_S3_BUCKET",
+            setting("EXPORT_EVENTS_TEST_S3_BUCKET"),
+        )
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "s3_client {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The key of `s3://bucket/key`.
+pub fn key_of(url: &str) -> String {
+    url.splitn(4, '/').nth(3).unwrap_or_default().to_owned()
+}
+
+/// Incomplete multipart uploads under the URL `prefix`.
+pub fn s3_uploads(prefix: &str) -> Vec<String> {
+    s3_lines(&["uploads", &key_of(prefix)])
+}
+
+/// The objects under the URL `prefix`, as URLs.
+pub fn s3_objects(prefix: &str) -> Vec<String> {
+    let bucket = setting("EXPORT_EVENTS_TEST_S3_BUCKET");
+    s3_lines(&["list", &key_of(prefix)])
+        .into_iter()
+        .map(|key| format!("s3://{bucket}/{key}"))
+        .collect()
+}
+
+/// Hidden files under `folder` that no finished run keeps (temporaries, journals, locks,
+/// pending records); a dataset's marker and an incremental state are kept.
+pub fn hidden(folder: &Path) -> Vec<String> {
+    if !folder.exists() {
+        return Vec::new();
+    }
+    tree(folder)
+        .into_iter()
+        .filter(|f| {
+            f.split('/')
+                .any(|part| part.starts_with('.') && part != ".export-events-dataset")
+        })
+        .filter(|f| !f.ends_with(".export-events-state.json"))
+        .collect()
+}
+
+/// What the state folder `state` (a run's `$XDG_STATE_HOME`) holds that only a live run needs:
+/// upload notes, locks, a table's records and spools. A feed's last confirmation stays.
+pub fn in_state(state: &Path) -> Vec<String> {
+    if !state.exists() {
+        return Vec::new();
+    }
+    tree(state)
+        .into_iter()
+        .filter(|f| !f.ends_with(".confirmed"))
+        .collect()
+}
+
+/// What is in the temporary folder `tmp` (a run's `$TMPDIR`).
+pub fn in_tmp(tmp: &Path) -> Vec<String> {
+    if !tmp.exists() {
+        return Vec::new();
+    }
+    tree(tmp)
+}
+
+/// The data files of a table that its current snapshot does not reference: `files` are all of
+/// them (paths, or URLs), `verify_out` what `verify iceberg:…` printed (a line per referenced
+/// file, its path first).
+pub fn unreferenced(files: &[String], verify_out: &str) -> Vec<String> {
+    let referenced: Vec<&str> = verify_out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    files
+        .iter()
+        .filter(|f| !referenced.contains(&f.as_str()))
+        .cloned()
+        .collect()
+}
