@@ -58,17 +58,10 @@ pub struct Incremental<'a> {
     pub reset_state: bool,
 }
 
-/// The plan of `request`.
+/// The plan of `request`: where the rows go first (as the original command checked its path
+/// first), then where they come from.
 pub fn resolve(ctx: &Context, request: &Request) -> Result<Run, UsageError> {
     let since = ctx.since(request.since)?;
-    let source = ctx.source(request.duckdb, request.demo)?;
-    if request.incremental.is_some() && !matches!(source, Source::Postgres(_)) {
-        return Err(UsageError(
-            "--incremental follows PostgreSQL's transaction ids: give a PostgreSQL source \
-             (--database-url, DATABASE_URL, DB_* or PG* settings), not a DuckDB file"
-                .into(),
-        ));
-    }
     let table = TableOutput::resolve(request.output, request.catalog, request.warehouse, &ctx.cwd)?;
     let (output, cursor) = match (table, request.incremental) {
         (Some(table), incremental) => (
@@ -81,6 +74,17 @@ pub fn resolve(ctx: &Context, request: &Request) -> Result<Run, UsageError> {
         (None, Some(incremental)) => incremental_files(ctx, request, incremental)?,
         (None, None) => (Output::Files(whole_files(ctx, request)?), Cursor::None),
     };
+    let source = ctx.source(request.duckdb, request.demo)?;
+    if let Source::DuckDbFile(path) = &source {
+        crate::source::settings::require_file(path)?;
+    }
+    if request.incremental.is_some() && !matches!(source, Source::Postgres(_)) {
+        return Err(UsageError(
+            "--incremental follows PostgreSQL's transaction ids: give a PostgreSQL source \
+             (--database-url, DATABASE_URL, DB_* or PG* settings), not a DuckDB file"
+                .into(),
+        ));
+    }
     Ok(Run {
         source,
         since,

@@ -133,11 +133,8 @@ impl Engine {
 
     /// Attaches a DuckDB database file as [`CATALOG`]; read-only access requires the file.
     pub fn attach_duckdb(self, path: &Path, access: Access) -> Result<Self> {
-        if access == Access::ReadOnly && !path.is_file() {
-            bail!(crate::error::UsageError(format!(
-                "DuckDB file {} does not exist: pass an existing file to --duckdb, or use --demo",
-                path.display()
-            )));
+        if access == Access::ReadOnly {
+            super::settings::require_file(path)?;
         }
         let read_only = if access == Access::ReadOnly {
             " (READ_ONLY)"

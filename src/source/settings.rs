@@ -12,6 +12,17 @@ use anyhow::Context as _;
 
 use crate::error::UsageError;
 
+/// Refuses a DuckDB file source that is not there.
+pub fn require_file(path: &Path) -> Result<(), UsageError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "DuckDB file {} does not exist: pass an existing file to --duckdb, or use --demo",
+        path.display()
+    )))
+}
+
 /// The resolved source of the export.
 #[derive(Debug, Clone)]
 pub enum Source {

@@ -4,7 +4,9 @@
 //! The lock is `flock`'s, so the kernel releases it when its holder dies, even by SIGKILL. The
 //! file is removed when the run ends; a run that finds the path replaced after locking (because
 //! the holder removed it meanwhile) locks again, so two runs never both believe they hold it.
-//! While it is held, the holder may clean up what killed runs left for the same output.
+//! While it is held, the holder may clean up what killed runs left for the same output. Folders
+//! a lock had to create (a default `exports/`) are removed with it when they are left empty: a run
+//! refused after its lock was taken leaves nothing behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
@@ -17,6 +19,8 @@ use anyhow::{bail, Context as _, Result};
 pub struct RunLock {
     file: File,
     path: PathBuf,
+    /// The folders taking the lock created, innermost first.
+    created: Vec<PathBuf>,
 }
 
 /// Whether to wait for the holder or refuse at once.
@@ -32,25 +36,37 @@ pub enum Wait {
 impl RunLock {
     /// Locks `path` for the run; `what` names what is locked in messages ("slot nightly").
     pub fn acquire(path: &Path, what: &str, wait: Wait) -> Result<Self> {
-        if let Some(folder) = path.parent() {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(folder)
-                .with_context(|| format!("creating folder {}", folder.display()))?;
-        }
+        let created: Vec<PathBuf> = path
+            .ancestors()
+            .skip(1)
+            .take_while(|folder| !folder.as_os_str().is_empty() && !folder.exists())
+            .map(Path::to_owned)
+            .collect();
         loop {
+            if let Some(folder) = path.parent() {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(folder)
+                    .with_context(|| format!("creating folder {}", folder.display()))?;
+            }
             // Never through a symlink planted at the lock's name.
-            let mut file = OpenOptions::new()
+            let opened = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .with_context(|| format!("creating lock file {}", path.display()))?;
+                .open(path);
+            let mut file = match opened {
+                // The holder it waited behind removed the folder it had made: make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                opened => {
+                    opened.with_context(|| format!("creating lock file {}", path.display()))?
+                }
+            };
             if file.try_lock().is_err() {
                 let holder = holder(&mut file);
                 match wait {
@@ -86,6 +102,7 @@ impl RunLock {
             return Ok(Self {
                 file,
                 path: path.to_owned(),
+                created,
             });
         }
     }
@@ -96,6 +113,12 @@ impl Drop for RunLock {
         // Removed while still locked, so a waiter sees it gone and locks a new file.
         let _ = std::fs::remove_file(&self.path);
         let _ = self.file.unlock();
+        // Only folders left empty go (a run that wrote its files keeps them).
+        for folder in &self.created {
+            if std::fs::remove_dir(folder).is_err() {
+                break;
+            }
+        }
     }
 }
 
@@ -139,6 +162,21 @@ mod tests {
         drop(first);
         assert!(!path.exists(), "removed on release");
         let _second = RunLock::acquire(&path, "out.csv", Wait::No).unwrap();
+    }
+
+    #[test]
+    fn a_folder_made_for_the_lock_goes_with_it_when_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exports/deeper/.x.lock");
+        drop(RunLock::acquire(&path, "x", Wait::No).unwrap());
+        assert!(!dir.path().join("exports").exists(), "nothing left");
+        let kept = RunLock::acquire(&path, "x", Wait::No).unwrap();
+        std::fs::write(dir.path().join("exports/deeper/x"), "written").unwrap();
+        drop(kept);
+        assert!(
+            dir.path().join("exports/deeper/x").exists(),
+            "a folder in use stays"
+        );
     }
 
     #[test]
