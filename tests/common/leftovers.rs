@@ -62,17 +62,49 @@ pub fn s3_objects(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Hidden files under `folder` that no finished run keeps (temporaries, journals, locks,
-/// pending records); a dataset's marker and an incremental state are kept.
-pub fn hidden(folder: &Path) -> Vec<String> {
-    if !folder.exists() {
-        return Vec::new();
+/// Everything under `root`, recursively, relative, sorted: files, and folders with a `/` after
+/// their name (a killed run's spill can be an empty folder).
+fn everything(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            if path.is_dir() {
+                out.push(format!("{relative}/"));
+                walk(&path, root, out);
+            } else {
+                out.push(relative);
+            }
+        }
     }
-    tree(folder)
+    let mut out = Vec::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// Whether `path` (from [`everything`]) is a folder whose own name is hidden and not one a
+/// finished run keeps (a warehouse's private `.export-events` folder, a dataset's marker).
+fn hidden_folder(path: &str) -> bool {
+    let Some(folder) = path.strip_suffix('/') else {
+        return false;
+    };
+    let name = folder.rsplit('/').next().unwrap_or(folder);
+    name.starts_with('.') && name != ".export-events"
+}
+
+/// Hidden files and folders under `folder` that no finished run keeps (temporaries, spills,
+/// journals, locks, pending records); a dataset's marker and an incremental state are kept.
+pub fn hidden(folder: &Path) -> Vec<String> {
+    everything(folder)
         .into_iter()
         .filter(|f| {
-            f.split('/')
-                .any(|part| part.starts_with('.') && part != ".export-events-dataset")
+            hidden_folder(f)
+                || (!f.ends_with('/')
+                    && f.split('/')
+                        .any(|part| part.starts_with('.') && part != ".export-events-dataset"))
         })
         .filter(|f| !f.ends_with(".export-events-state.json"))
         .collect()
@@ -81,21 +113,16 @@ pub fn hidden(folder: &Path) -> Vec<String> {
 /// What the state folder `state` (a run's `$XDG_STATE_HOME`) holds that only a live run needs:
 /// upload notes, locks, a table's records and spools. A feed's last confirmation stays.
 pub fn in_state(state: &Path) -> Vec<String> {
-    if !state.exists() {
-        return Vec::new();
-    }
-    tree(state)
+    everything(state)
         .into_iter()
+        .filter(|f| hidden_folder(f) || !f.ends_with('/'))
         .filter(|f| !f.ends_with(".confirmed"))
         .collect()
 }
 
-/// What is in the temporary folder `tmp` (a run's `$TMPDIR`).
+/// What is in the temporary folder `tmp` (a run's `$TMPDIR`), folders included.
 pub fn in_tmp(tmp: &Path) -> Vec<String> {
-    if !tmp.exists() {
-        return Vec::new();
-    }
-    tree(tmp)
+    everything(tmp)
 }
 
 /// The data files of a table that its current snapshot does not reference: `files` are all of
