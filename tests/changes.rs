@@ -162,6 +162,40 @@ fn overlapping_feed_runs_are_refused_and_together_lose_and_repeat_nothing() {
 }
 
 #[test]
+fn a_refused_initial_export_leaves_no_slot_and_no_publication() {
+    let db = TestDb::sample("chg_refused");
+    let dir = scratch();
+    // Not created through `Slot::create`: dropped at the end all the same, should one appear.
+    let slot = Slot {
+        db: &db,
+        name: db.name.to_lowercase(),
+    };
+    let on_server = || {
+        db.value(&format!(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{0}') \
+             + (SELECT count(*) FROM pg_publication WHERE pubname = '{0}')",
+            slot.name
+        ))
+    };
+    // Refused by its plan: the initial export's folder does not exist.
+    let create = ["--create-slot", "--initial-export"];
+    changes(dir.path(), &slot, &[&create[..], &["missing/initial.csv"]].concat())
+        .failure(2, "does not exist");
+    assert_eq!(on_server(), "0", "no slot, no publication");
+    // Refused once its output is checked: a table that already holds rows.
+    let lake = common::lake::Lake::sqlite();
+    lake.export(&db, "hub.events", &[]).success();
+    let into_table = [&create[..], &["iceberg:hub.events"]].concat();
+    Run::of(&mut lake.changes_cmd(&slot, "hub.changes", &into_table))
+        .failure(2, "already holds 15 rows");
+    assert_eq!(on_server(), "0", "no slot, no publication");
+    // Taken: the slot and its publication, and the export in its snapshot.
+    let run = changes(dir.path(), &slot, &[&create[..], &["initial.csv"]].concat()).success();
+    assert!(run.stdout.contains("taken in the slot's snapshot"), "{run}");
+    assert_eq!(on_server(), "2");
+}
+
+#[test]
 fn slot_lifecycle_and_clear_errors() {
     let db = TestDb::sample("chg_life");
     let dir = scratch();
