@@ -179,8 +179,12 @@ fn a_refused_initial_export_leaves_no_slot_and_no_publication() {
     };
     // Refused by its plan: the initial export's folder does not exist.
     let create = ["--create-slot", "--initial-export"];
-    changes(dir.path(), &slot, &[&create[..], &["missing/initial.csv"]].concat())
-        .failure(2, "does not exist");
+    changes(
+        dir.path(),
+        &slot,
+        &[&create[..], &["missing/initial.csv"]].concat(),
+    )
+    .failure(2, "does not exist");
     assert_eq!(on_server(), "0", "no slot, no publication");
     // Refused once its output is checked: a table that already holds rows.
     let lake = common::lake::Lake::sqlite();

@@ -45,6 +45,20 @@ enum Table {
     New,
 }
 
+/// A whole export into a table of a SQLite catalog, read sequentially (its sort spills).
+const FULL_TABLE: &[&str] = &[
+    "--read",
+    "scan",
+    "--jobs",
+    "2",
+    "--output",
+    "iceberg:mx.{table}",
+    "--catalog",
+    "sqlite:{dir}/lake.db",
+    "--warehouse",
+    "{out}/lake",
+];
+
 const KINDS: &[Kind] = &[
     Kind {
         name: "file",
@@ -179,36 +193,14 @@ const KINDS: &[Kind] = &[
     },
     Kind {
         name: "iceberg",
-        args: &[
-            "--read",
-            "scan",
-            "--jobs",
-            "2",
-            "--output",
-            "iceberg:mx.{table}",
-            "--catalog",
-            "sqlite:{dir}/lake.db",
-            "--warehouse",
-            "{out}/lake",
-        ],
+        args: FULL_TABLE,
         s3: false,
         incremental: false,
         table: Table::New,
     },
     Kind {
         name: "iceberg_s3",
-        args: &[
-            "--read",
-            "scan",
-            "--jobs",
-            "2",
-            "--output",
-            "iceberg:mx.{table}",
-            "--catalog",
-            "sqlite:{dir}/lake.db",
-            "--warehouse",
-            "{out}/lake",
-        ],
+        args: FULL_TABLE,
         s3: true,
         incremental: false,
         table: Table::New,
@@ -246,20 +238,6 @@ const FEED_POINTS: &[&str] = &["stream.batch", "changes.written", "changes.confi
 const TABLE_POINTS: &[&str] = &["table.files-written", "table.committed"];
 
 const SIGNALS: &[&str] = &["KILL", "INT"];
-
-/// The S3 test server's variables.
-fn with_s3(cmd: &mut Command) {
-    cmd.env(
-        "AWS_ENDPOINT_URL",
-        setting("EXPORT_EVENTS_TEST_S3_ENDPOINT"),
-    )
-    .env("AWS_ACCESS_KEY_ID", setting("EXPORT_EVENTS_TEST_S3_KEY"))
-    .env(
-        "AWS_SECRET_ACCESS_KEY",
-        setting("EXPORT_EVENTS_TEST_S3_SECRET"),
-    )
-    .env("AWS_REGION", "garage");
-}
 
 /// One case's world: its database, folder (with its own state folder and `$TMPDIR`) and
 /// output location, and the tables its runs wrote.

@@ -8,28 +8,31 @@ use std::process::Command;
 
 use super::*;
 
+/// `cmd` with the test S3 server's variables.
+pub fn with_s3(cmd: &mut Command) -> &mut Command {
+    cmd.env(
+        "AWS_ENDPOINT_URL",
+        setting("EXPORT_EVENTS_TEST_S3_ENDPOINT"),
+    )
+    .env("AWS_ACCESS_KEY_ID", setting("EXPORT_EVENTS_TEST_S3_KEY"))
+    .env(
+        "AWS_SECRET_ACCESS_KEY",
+        setting("EXPORT_EVENTS_TEST_S3_SECRET"),
+    )
+    .env("AWS_REGION", "garage")
+}
+
 /// The test S3 server's client, on the shared bucket: `args` as `tests/s3_client.py` takes them;
 /// its output lines, sorted.
 pub fn s3_lines(args: &[&str]) -> Vec<String> {
-    let out = Command::new(setting("EXPORT_EVENTS_TEST_S3_PYTHON"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_client.py"))
+    let mut cmd = Command::new(setting("EXPORT_EVENTS_TEST_S3_PYTHON"));
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_client.py"))
         .args(args)
-        .env(
-            "AWS_ENDPOINT_URL",
-            setting("EXPORT_EVENTS_TEST_S3_ENDPOINT"),
-        )
-        .env("AWS_ACCESS_KEY_ID", setting("EXPORT_EVENTS_TEST_S3_KEY"))
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            setting("EXPORT_EVENTS_TEST_S3_SECRET"),
-        )
-        .env("AWS_REGION", "garage")
         .env(
             "EXPORT_EVENTS_TEST_S3_BUCKET",
             setting("EXPORT_EVENTS_TEST_S3_BUCKET"),
-        )
-        .output()
-        .expect("python runs");
+        );
+    let out = with_s3(&mut cmd).output().expect("python runs");
     assert!(
         out.status.success(),
         "s3_client {args:?}: {}",
