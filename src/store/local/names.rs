@@ -61,9 +61,14 @@ pub fn temp_prefix(target: &Path) -> String {
     format!(".{}.", file_name(target))
 }
 
-/// The lock file of an output: `.name.lock` beside it.
+/// The lock file of an output: `.name.lock` beside it (`name.lock` for a hidden `name`, such as
+/// the incremental state's `.export-events-state.json`).
 pub fn lock_of(target: &Path) -> PathBuf {
-    target.with_file_name(format!(".{}.lock", file_name(target)))
+    let name = file_name(target);
+    match name.starts_with('.') {
+        true => target.with_file_name(format!("{name}.lock")),
+        false => target.with_file_name(format!(".{name}.lock")),
+    }
 }
 
 /// The commit journal of a group commit whose first output is `target`: `.name.commit`.
@@ -105,6 +110,10 @@ mod tests {
         assert_eq!(
             lock_of(Path::new("/w/exports/events_export.csv")),
             Path::new("/w/exports/.events_export.csv.lock")
+        );
+        assert_eq!(
+            lock_of(Path::new("/w/exports/.export-events-state.json")),
+            Path::new("/w/exports/.export-events-state.json.lock")
         );
     }
 }
