@@ -55,7 +55,7 @@ pub fn apply(
             let (stamp, rest) = split_stamp(file.strip_prefix(prefix)?)?;
             (rest == suffix).then(|| (stamp.to_owned(), folder.join(&file)))
         })
-        .filter(|(_, manifest)| !manifest.same_as(current) && manifest.key() != current.key())
+        .filter(|(_, manifest)| manifest.key() != current.key())
         .collect();
     // Stamps sort in time order; newest first.
     runs.sort_by(|a, b| b.0.cmp(&a.0));

@@ -122,13 +122,6 @@ mod tests {
         let horizon = crate::source::horizon::Horizon {
             horizon: 42,
             horizon_age: 1,
-            source: crate::source::identity::Identity {
-                system_identifier: "1".into(),
-                database: "d".into(),
-                database_oid: 2,
-                events_oid: 3,
-            },
-            text: "42:42:".into(),
         };
         let summary = super::InOutput {
             table: "table t".into(),

@@ -130,10 +130,10 @@ fn position(
     let (true, Some(read)) = (plan.cursor.incremental(), read) else {
         return Ok((None, None));
     };
-    let horizon = Horizon::read(&opened.engine, (read.identity.clone(), read.text.clone()))?;
+    let horizon = Horizon::read(&opened.engine)?;
     let previous = cursor.previous(output)?;
     if let Some((_, identity)) = &previous {
-        identity.check_same(&horizon.source, &cursor.whose(), cursor.elsewhere())?;
+        identity.check_same(&read.identity, &cursor.whose(), cursor.elsewhere())?;
         if plan.since.is_some() {
             bail!(UsageError(format!(
                 "--since only applies to the first incremental run, and {} already has a \

@@ -12,21 +12,17 @@ use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 
 use super::engine::Engine;
-use super::identity::Identity;
 use super::query::{in_postgres, Window};
 
 /// The widest window `age()` can tell apart.
 const AGE_LIMIT: i64 = i32::MAX as i64;
 
-/// What a run's snapshot says about the server and the table.
+/// Where a run's snapshot stands among the server's transactions.
 pub struct Horizon {
     /// 64-bit id below which every transaction had finished.
     pub horizon: u64,
     /// `age()` of the horizon: ages are relative to horizon + this.
     pub horizon_age: i64,
-    pub source: Identity,
-    /// `pg_current_snapshot()`, for the manifest.
-    pub text: String,
 }
 
 impl Horizon {
@@ -34,9 +30,8 @@ impl Horizon {
         age((s.horizon::text::bigint % 4294967296)::text::xid)::bigint AS horizon_age \
         FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) AS s";
 
-    /// Inside the run's transaction: its horizon, with what it belongs to and the snapshot
-    /// (`identity::read`, in the same transaction; callers have usually read it already).
-    pub fn read(engine: &Engine, (source, text): (Identity, String)) -> Result<Self> {
+    /// Inside the run's transaction (`source::read::begin`): its horizon.
+    pub fn read(engine: &Engine) -> Result<Self> {
         let (horizon, horizon_age) = engine
             .connection()
             .query_row(&in_postgres(Self::SQL), [], |row| {
@@ -46,8 +41,6 @@ impl Horizon {
         Ok(Self {
             horizon,
             horizon_age,
-            source,
-            text,
         })
     }
 

@@ -69,7 +69,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn lock(&self, key: &str, what: &str, wait: Wait) -> Result<RunLock>;
     /// Makes the outputs at `keys` whole again after a killed run, for the holder of their
     /// locks: completes interrupted commits, removes temporaries and aborts unfinished uploads
-    /// at or under them.
+    /// at or under them (an object store also aborts, best effort, the uploads of any process
+    /// that is gone, whatever output they were for).
     fn recover(&self, keys: &[&str]) -> Result<()>;
     /// The hidden files killed runs of a `{time}` template left in `folder` (runs whose file
     /// names start with `prefix` and a stamp), grouped by run: each run whose files no live run

@@ -86,11 +86,6 @@ impl Location {
     pub fn manifest(&self) -> Self {
         self.with_key(format!("{}{MANIFEST_SUFFIX}", self.key))
     }
-
-    /// Whether both are the same key of the same store.
-    pub fn same_as(&self, other: &Location) -> bool {
-        self.key == other.key && Arc::ptr_eq(&self.store, &other.store)
-    }
 }
 
 /// Where an output goes and how its files are written.

@@ -148,7 +148,7 @@ impl ChangeSink for TableFeed<'_> {
 
     /// The table's lock: one writer at a time, feed or export.
     fn lock(&self, _slot: &str, wait: Wait) -> Result<RunLock> {
-        RunLock::acquire(&self.own_folder().join("lock"), &self.output.shown(), wait)
+        pending::lock(&self.own_folder(), &self.output.shown(), wait)
     }
 
     /// With the table's lock held: removes what batches that died before their commit left,

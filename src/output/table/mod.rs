@@ -83,10 +83,10 @@ impl<'a> TableOut<'a> {
 impl Output for TableOut<'_> {
     /// One writer at a time per table, export or change feed.
     fn lock(&self, wait: Wait) -> Result<Vec<RunLock>> {
-        let own = self.output().own_folder();
-        Ok(vec![RunLock::acquire(
-            &own.join("lock"),
-            &self.output().shown(),
+        let output = self.output();
+        Ok(vec![pending::lock(
+            &output.own_folder(),
+            &output.shown(),
             wait,
         )?])
     }

@@ -28,6 +28,12 @@ use crate::store::{url, RunLock, Wait};
 /// The snapshot summary property that names the run which committed a snapshot.
 pub const RUN_PROPERTY: &str = "export-events.run";
 
+/// The table's lock, in its private folder `own`: one writer at a time per table, export or
+/// change feed, and a settling neighbour only where no run holds it.
+pub fn lock(own: &Path, shown: &str, wait: Wait) -> Result<RunLock> {
+    RunLock::acquire(&own.join("lock"), shown, wait)
+}
+
 /// This run's record. A run that fails before its commit [`abandon`](Record::abandon)s it; one
 /// that dies leaves it to the next run's [`settle`].
 pub struct Record {
@@ -138,7 +144,7 @@ pub fn settle_neighbours(own: &Path, catalog: &dyn Catalog, warehouse: &str, qui
         if folder == own || !has_leftovers(&folder) {
             continue;
         }
-        let Ok(_lock) = RunLock::acquire(&folder.join("lock"), &name, Wait::No) else {
+        let Ok(_lock) = lock(&folder, &name, Wait::No) else {
             continue;
         };
         let settled = (|| -> Result<()> {

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 
 #[cfg(not(target_os = "linux"))]
 use super::file::sync_folder;
-use super::file::{create_folder, create_new, folder_mode};
+use super::file::{create_new, folder_mode, folder_of};
 use super::names::beside;
 use crate::store::api::{Options, StagedDir, DATASET_MARKER as MARKER};
 use crate::store::file::{AtomicFile, Written};
@@ -27,11 +27,7 @@ pub struct AtomicDir {
 impl AtomicDir {
     /// Starts a dataset for `target`; nothing at `target` changes until it is committed.
     pub fn create(target: &Path, options: &Options) -> Result<Self> {
-        let folder = target.parent().unwrap_or(Path::new("/"));
-        if options.create_folder {
-            create_folder(folder, options.mode)
-                .with_context(|| format!("creating folder {}", folder.display()))?;
-        }
+        let folder = folder_of(target, options)?;
         let mode = std::os::unix::fs::PermissionsExt::from_mode(folder_mode(options.mode));
         let dir = beside(target, |b| b.permissions(mode).tempdir_in(folder))
             .with_context(|| format!("creating a folder in {}", folder.display()))?;

@@ -30,11 +30,7 @@ pub struct LocalBody {
 impl LocalBody {
     /// Starts a temporary file beside `target`.
     pub fn create(target: &Path, options: &Options) -> Result<Self> {
-        let folder = target.parent().unwrap_or(Path::new("/"));
-        if options.create_folder {
-            create_folder(folder, options.mode)
-                .with_context(|| format!("creating folder {}", folder.display()))?;
-        }
+        let folder = folder_of(target, options)?;
         let mode = std::os::unix::fs::PermissionsExt::from_mode(options.mode);
         let temp = beside(target, |b| b.permissions(mode).tempfile_in(folder))
             .map_err(|e| io_error(e, target))
@@ -110,6 +106,16 @@ impl Body for LocalBody {
             .map(drop)
             .map_err(|e| io_error(e.error, Path::new(key)))
     }
+}
+
+/// The folder `target` goes in, created (with the files' folder mode) when the tool owns it.
+pub fn folder_of<'a>(target: &'a Path, options: &Options) -> Result<&'a Path> {
+    let folder = target.parent().unwrap_or(Path::new("/"));
+    if options.create_folder {
+        create_folder(folder, options.mode)
+            .with_context(|| format!("creating folder {}", folder.display()))?;
+    }
+    Ok(folder)
 }
 
 /// Creates `folder` (and its parents) where missing, with the folder permissions of files of

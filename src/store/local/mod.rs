@@ -22,7 +22,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use sha2::{Digest as _, Sha256};
 
-pub use file::{create_folder, create_new};
+pub use file::create_new;
 pub use names::beside;
 
 use crate::confine::{self, Refused};

@@ -180,8 +180,7 @@ impl Store for S3Store {
 
     fn recover_runs(&self, _folder: &str, _prefix: &str, _current: &[&str]) -> Result<()> {
         // A killed run of another `{time}` file left uploads only, whose notes name their
-        // process: they go once it is gone.
-        notes::sweep_dead(&self.bucket);
+        // process: `recover` aborts them once it is gone.
         Ok(())
     }
 
