@@ -47,7 +47,7 @@ pub fn parse(text: &str, prefix: bool) -> Option<Result<(Arc<S3Store>, String), 
         || trimmed
             .split('/')
             .all(|p| !p.is_empty() && p != "." && p != "..");
-    let valid = !bucket.is_empty()
+    let valid = bucket_name_ok(bucket)
         && match prefix {
             true => parts_ok,
             false => !key.is_empty() && !key.ends_with('/'),
@@ -60,6 +60,18 @@ pub fn parse(text: &str, prefix: bool) -> Option<Result<(Arc<S3Store>, String), 
         return Some(Err(UsageError(format!("{text}: give {such}"))));
     }
     Some(store(bucket).map(|store| (store, trimmed.to_owned())))
+}
+
+/// Whether `name` can be a bucket: letters, digits, `.`, `-` and `_`, beginning and ending with a
+/// letter or digit (so never `.` or `..`), no `..` inside. S3's own rules are stricter (3 to 63
+/// lowercase characters); S3-compatible servers differ, so the server judges the rest.
+fn bucket_name_ok(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && !name.contains("..")
 }
 
 /// The store of bucket `name`, made once.
@@ -236,6 +248,18 @@ mod tests {
         assert_eq!(key, "wh");
         assert!(super::parse("s3://lake", true).unwrap().is_ok());
         assert!(super::parse("s3://lake/../w", true).unwrap().is_err());
+        // A bucket is never a step up, nor a name with a query or a space in it.
+        for bad in [
+            "s3://..",
+            "s3://./w",
+            "s3://../w",
+            "s3://a..b/w",
+            "s3://-a/w",
+            "s3://a b/w",
+        ] {
+            assert!(super::parse(bad, true).unwrap().is_err(), "{bad}");
+        }
+        assert!(super::parse("s3://my-lake.2026/w", true).unwrap().is_ok());
         assert!(super::parse("/local/x", false).is_none());
         assert_eq!(super::hidden("a/b.csv"), "a/.b.csv");
     }
