@@ -377,6 +377,85 @@ fn incremental_runs_append_each_change_once_with_the_cursor_in_the_table() {
         .failure(2, "give the incremental runs a table of their own");
 }
 
+/// Other engines maintain lake tables: a column order changed and a column added are honoured
+/// (values by name, nulls in the new column), and what cannot be honoured is refused in one line
+/// before anything is read.
+#[test]
+fn a_table_another_engine_evolved_gets_each_value_in_its_column_or_a_refusal() {
+    let db = TestDb::generated("ice_evolve", 2_000);
+    db.settle();
+    let lake = Lake::sqlite();
+    lake.export(&db, "hub.versions", &["--incremental"])
+        .success();
+    lake.pyiceberg(
+        "hub.versions",
+        "with t.update_schema() as u:\n    \
+         u.move_before('trigger_device_id', 'trigger_telemetry_id')\n    \
+         u.move_first('acknowledged')\n    \
+         u.add_column('note', StringType())",
+    );
+    db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 10 = 0");
+    db.settle();
+    let second = lake
+        .export(&db, "hub.versions", &["--incremental"])
+        .success();
+    assert!(second.stdout.starts_with("Exported 200 events"), "{second}");
+    let table = lake.read("hub.versions", None);
+    let (pairs, latest) = versions(&table);
+    assert_eq!(pairs.len(), 2_200, "each change once");
+    assert_eq!(
+        latest,
+        events_in_postgres(&db, None),
+        "every value in its column"
+    );
+    let notes = lake.pyiceberg(
+        "hub.versions",
+        "a = t.scan().to_arrow()\nprint(a.num_rows, a['note'].null_count)",
+    );
+    assert_eq!(
+        notes.trim(),
+        "2200 2200",
+        "the added column is null in our rows"
+    );
+
+    // What export-events cannot honour stops the next run before it reads, and commits nothing.
+    let refusals = [
+        (
+            "u.delete_column('rule')",
+            "has no column rule (dropped or renamed since",
+        ),
+        (
+            "u.rename_column('trigger_device_id', 'device')",
+            "has no column trigger_device_id",
+        ),
+        (
+            "u.add_column('must', StringType(), required=True)",
+            "has a required column must",
+        ),
+        (
+            "u.update_column('trigger_telemetry_id', required=True)",
+            "has column trigger_telemetry_id as required",
+        ),
+    ];
+    for (index, (change, refusal)) in refusals.into_iter().enumerate() {
+        let name = format!("hub.refused_{index}");
+        lake.export(&db, &name, &["--incremental"]).success();
+        lake.pyiceberg(
+            &name,
+            &format!("with t.update_schema(allow_incompatible_changes=True) as u:\n    {change}"),
+        );
+        db.sql(&format!(
+            "UPDATE events SET acknowledged = NOT acknowledged WHERE id % 7 = {index}"
+        ));
+        db.settle();
+        let snapshots = || lake.pyiceberg(&name, "print(len(t.metadata.snapshots))");
+        let before = snapshots();
+        lake.export(&db, &name, &["--incremental"])
+            .failure(2, refusal);
+        assert_eq!(snapshots(), before, "{change}: nothing committed");
+    }
+}
+
 /// Incremental runs stopped at every point, with both signals: across all runs each change is
 /// in the table once, and the newest versions are the table.
 #[test]

@@ -228,6 +228,29 @@ impl Lake {
         );
     }
 
+    /// Another engine at work on `table`: pyiceberg runs `code` with the table loaded as `t`
+    /// (and pyiceberg's types imported); returns what it printed.
+    pub fn pyiceberg(&self, table: &str, code: &str) -> String {
+        let script = format!(
+            "import sys\n\
+             from pyiceberg.catalog.sql import SqlCatalog\n\
+             from pyiceberg.types import *\n\
+             t = SqlCatalog('default', uri=sys.argv[1], warehouse=sys.argv[2]).load_table(sys.argv[3])\n\
+             {code}\n"
+        );
+        let warehouse = self.warehouse.display().to_string();
+        let out = Command::new(setting("EXPORT_EVENTS_TEST_ICEBERG_PYTHON"))
+            .args(["-c", &script, &self.reader_uri, &warehouse, table])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pyiceberg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The run folders under the table's data folder, and the pending records.
     pub fn run_folders(&self, table: &str) -> (Vec<String>, Vec<String>) {
         let data = self.warehouse.join(table.replace('.', "/")).join("data");

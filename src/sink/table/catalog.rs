@@ -334,17 +334,25 @@ fn creation(
 /// Buckets of `--partition-by rule`: a few files per export, whatever the number of rules.
 const RULE_BUCKETS: u32 = 16;
 
-/// Every column of `wanted` in `table`, with the same type.
+/// Every column of `wanted` in `table`, with the same type, and nothing the rows cannot fill:
+/// other engines evolve a table (columns reordered, added, renamed), and what export-events can
+/// honour (its columns in any order, an added optional column, which gets nulls) is written by
+/// name; anything else is refused here, before a row is read.
 fn check_columns(table: &Table, wanted: &iceberg::spec::Schema, shown: &str) -> Result<()> {
     let have = table.metadata().current_schema();
     for field in wanted.as_struct().fields() {
         match have.field_by_name(&field.name) {
-            Some(found) if found.field_type == field.field_type => {}
-            Some(found) => bail!(UsageError(format!(
+            Some(found) if found.field_type != field.field_type => bail!(UsageError(format!(
                 "table {shown} has column {} as {}, not {} as export-events writes it: export to \
                  a new table",
                 field.name, found.field_type, field.field_type
             ))),
+            Some(found) if found.required && !field.required => bail!(UsageError(format!(
+                "table {shown} has column {} as required, and export-events writes nulls in it: \
+                 make it optional again, or export to a new table",
+                field.name
+            ))),
+            Some(_) => {}
             None if field.name == crate::model::POSITION
                 || crate::model::FEED.iter().any(|c| c.name == field.name) =>
             {
@@ -361,11 +369,23 @@ fn check_columns(table: &Table, wanted: &iceberg::spec::Schema, shown: &str) -> 
                 field.name
             ))),
             None => bail!(UsageError(format!(
-                "table {shown} has no column {}: it was not created by export-events; export to \
-                 a new table",
+                "table {shown} has no column {} (dropped or renamed since, or not made by \
+                 export-events): give it back that column, or export to a new table",
                 field.name
             ))),
         }
+    }
+    let unknown_required = have
+        .as_struct()
+        .fields()
+        .iter()
+        .find(|f| f.required && wanted.field_by_name(&f.name).is_none());
+    if let Some(column) = unknown_required {
+        bail!(UsageError(format!(
+            "table {shown} has a required column {} that export-events has no value for: make \
+             it optional, or export to a new table",
+            column.name
+        )));
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context as _, Result};
 use arrow::array::AsArray as _;
-use arrow::array::Int64Array;
+use arrow::array::{new_null_array, Int64Array};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use iceberg::arrow::{
@@ -233,6 +233,37 @@ impl TableSink {
         Ok(pieces)
     }
 
+    /// `batch` as the table's columns, matched by name (the table's order, its field ids): a
+    /// table another engine reordered gets each value in its own column, and a column another
+    /// engine added gets nulls. Timestamps are labelled as the table has them (Iceberg's UTC
+    /// offset); the version column of a table of incremental runs gets the run's version.
+    fn as_table_columns(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let batch = crate::model::conform(batch, &self.schema)?;
+        let rows = batch.num_rows();
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|field| match batch.column_by_name(field.name()) {
+                Some(column) => Ok(column.clone()),
+                None => match (self.version, field.name() == crate::model::VERSION) {
+                    (Some(version), true) => {
+                        Ok(Arc::new(Int64Array::from_value(version, rows))
+                            as arrow::array::ArrayRef)
+                    }
+                    // `catalog::check_columns` refused a required column it cannot fill.
+                    _ if field.is_nullable() => Ok(new_null_array(field.data_type(), rows)),
+                    _ => Err(anyhow::anyhow!(
+                        "the table's column {} is required, and export-events has no value for it",
+                        field.name()
+                    )),
+                },
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .context("the export's rows as the table's columns")
+    }
+
     /// The first failure of a worker, once a send to it failed (it stopped on an error).
     fn failure(&mut self) -> anyhow::Error {
         for worker in &mut self.workers {
@@ -253,15 +284,7 @@ impl TableSink {
 
 impl Sink<Vec<DataFile>> for TableSink {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        // The same columns, labelled with the table's field ids (and Iceberg's UTC offset).
-        let mut columns = crate::model::conform(batch, &self.schema)?
-            .columns()
-            .to_vec();
-        if let Some(version) = self.version {
-            columns.push(Arc::new(Int64Array::from_value(version, batch.num_rows())));
-        }
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .context("the export's rows as the table's columns")?;
+        let batch = self.as_table_columns(batch)?;
         for piece in self.split(&batch)? {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             piece.0.data().hash(&mut hasher);
