@@ -4,8 +4,9 @@
 //! Only what the tool can prove it wrote is deleted: a run is found by its manifest (a file
 //! named after the template, holding an export-events manifest), and only the files that
 //! manifest lists are removed (then the partition folders they leave empty, the dataset folder,
-//! and the manifest). The newest run, the one that just finished, is never deleted. Each
-//! deletion is said on stderr.
+//! and the manifest). A manifest deletes only its own run's files (those named with its own
+//! stamp), and only if it is this user's. The newest run, the one that just finished, is never
+//! deleted, whatever any manifest lists. Each deletion is said on stderr.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use crate::sink::manifest::Manifest;
 use crate::store::api::{DATASET_MARKER, MANIFEST_SUFFIX};
 use crate::store::Location;
-use crate::template::{is_run_file, split_stamp, TIME};
+use crate::template::{split_stamp, TIME};
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,16 +60,26 @@ pub fn apply(
         .collect();
     // Stamps sort in time order; newest first.
     runs.sort_by(|a, b| b.0.cmp(&a.0));
-    // Only runs whose manifest is one count; anything else that looks like one is left alone.
-    let runs = runs.into_iter().filter_map(|(_, manifest)| {
-        Manifest::read(&manifest)
-            .ok()
-            .map(|found| (manifest, found))
+    // Only runs whose manifest is one, and this user's, count; anything else that looks like
+    // one is left alone.
+    let runs = runs.into_iter().filter_map(|(stamp, manifest)| {
+        if let Err(refused) = manifest.store().owned(manifest.key()) {
+            if !quiet {
+                eprintln!("export-events: leaving {}: {}", manifest.shown(), refused.0);
+            }
+            return None;
+        }
+        let found = Manifest::read(&manifest).ok()?;
+        Some((stamp, manifest, found))
     });
+    // This run's files are never deleted, whatever another manifest lists.
+    let current_files = Manifest::read(current)
+        .and_then(|found| found.file_keys(current))
+        .unwrap_or_default();
     // Every run to delete is checked before the first deletion: a manifest naming anything
-    // outside its run stops retention with nothing deleted.
+    // outside its own run stops retention with nothing deleted.
     let mut doomed = Vec::new();
-    for (index, (manifest, found)) in runs.enumerate() {
+    for (index, (stamp, manifest, found)) in runs.enumerate() {
         // The current run counts as the newest one kept.
         let beyond_count = keep.runs.is_some_and(|n| index + 1 >= n);
         let created =
@@ -78,7 +89,7 @@ pub fn apply(
             _ => false,
         };
         if beyond_count || too_old {
-            let files = run_files(&found, &manifest, prefix)?;
+            let files = run_files(&found, &manifest, prefix, &stamp, &current_files)?;
             doomed.push((manifest, found, files, too_old));
         }
     }
@@ -107,20 +118,36 @@ fn output_of(manifest: &str) -> String {
 }
 
 /// The files a run's manifest lists, if every one is a file of that run (named after the
-/// template, inside the folder, through no symlink); a manifest naming anything else is refused
-/// whole and nothing of its run is deleted.
-fn run_files(found: &Manifest, manifest: &Location, prefix: &str) -> Result<Vec<String>> {
+/// template with the manifest's own stamp, inside the folder, through no symlink) and none is
+/// one of `current` (this run's); a manifest naming anything else is refused whole and nothing
+/// of its run is deleted.
+fn run_files(
+    found: &Manifest,
+    manifest: &Location,
+    prefix: &str,
+    stamp: &str,
+    current: &[String],
+) -> Result<Vec<String>> {
     let files = found.file_keys(manifest)?;
-    for entry in &found.files {
-        let first = entry.path.split('/').next().unwrap_or_default();
-        if !is_run_file(first, prefix) {
-            anyhow::bail!(crate::error::UsageError(format!(
-                "{} lists {}, which is not a file of its run: not deleting that run (remove the \
-                 manifest if it is not export-events')",
-                manifest.shown(),
-                entry.path
-            )));
-        }
+    let of_this_run = |path: &str| {
+        let first = path.split('/').next().unwrap_or_default();
+        first
+            .strip_prefix(prefix)
+            .and_then(split_stamp)
+            .is_some_and(|(own, _)| own == stamp)
+    };
+    let foreign = found
+        .files
+        .iter()
+        .map(|entry| entry.path.as_str())
+        .zip(&files)
+        .find(|(path, key)| !of_this_run(path) || current.contains(key));
+    if let Some((path, _)) = foreign {
+        anyhow::bail!(crate::error::UsageError(format!(
+            "{} lists {path}, which is not a file of its run: not deleting that run (remove the \
+             manifest if it is not export-events')",
+            manifest.shown(),
+        )));
     }
     Ok(files)
 }

@@ -189,3 +189,75 @@ fn a_slot_record_is_private_and_never_written_through_a_symlink() {
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn a_planted_manifest_can_delete_only_its_own_run_and_only_if_it_is_ours() {
+    use std::os::unix::fs::chown;
+    let db = TestDb::sample("untrusted_keep");
+    let dir = scratch();
+    let nightly = |extra: &[&str]| {
+        let mut args = vec!["-o", "ev_{time}.csv"];
+        args.extend_from_slice(extra);
+        export(dir.path(), &db, &args).success();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let runs = |dir: &Path| -> Vec<String> {
+        files_in(dir)
+            .into_iter()
+            .filter(|f| f.starts_with("ev_2") && !f.starts_with("ev_2000") && f.ends_with(".csv"))
+            .collect()
+    };
+    for _ in 0..3 {
+        nightly(&[]);
+    }
+    let newer = runs(dir.path());
+    assert_eq!(newer.len(), 3);
+    // A manifest named as the oldest run of the template, listing the newer runs' files.
+    let real = dir.path().join(format!("{}.manifest.json", newer[0]));
+    let mut planted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+    let entry = planted["files"][0].clone();
+    planted["files"] = newer
+        .iter()
+        .map(|name| {
+            let mut listed = entry.clone();
+            listed["path"] = name.as_str().into();
+            listed
+        })
+        .collect();
+    let planted_path = dir.path().join("ev_20000101T000000.000Z.csv.manifest.json");
+    std::fs::write(&planted_path, planted.to_string()).unwrap();
+    let refused = export(dir.path(), &db, &["-o", "ev_{time}.csv", "--keep", "3"]);
+    refused.failure(2, "which is not a file of its run");
+    let kept = runs(dir.path());
+    assert_eq!(
+        kept.len(),
+        4,
+        "nothing is deleted on a planted manifest's word: {kept:?}"
+    );
+    assert!(newer.iter().all(|run| kept.contains(run)));
+
+    // Another user's manifest naming its own run's file is left alone, and so is its file.
+    let own_file = dir.path().join("ev_20000101T000000.000Z.csv");
+    std::fs::write(&own_file, "theirs").unwrap();
+    planted["files"][0]["path"] = "ev_20000101T000000.000Z.csv".into();
+    planted["files"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&planted_path, planted.to_string()).unwrap();
+    chown(&planted_path, Some(65534), Some(65534)).unwrap();
+    chown(&own_file, Some(65534), Some(65534)).unwrap();
+    nightly(&["--keep", "2"]);
+    assert!(
+        planted_path.exists() && own_file.exists(),
+        "another user's run is not ours"
+    );
+    assert_eq!(
+        runs(dir.path()).len(),
+        2,
+        "--keep 2 keeps the newest two of ours"
+    );
+
+    // Made ours, the same manifest is an ordinary old run, and goes.
+    chown(&planted_path, Some(0), Some(0)).unwrap();
+    nightly(&["--keep", "2"]);
+    assert!(!planted_path.exists() && !own_file.exists());
+}

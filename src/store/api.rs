@@ -64,6 +64,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `name`, read back from a file in `folder` (a manifest, a state), as a key inside
     /// `folder`: a plain relative name that reaches nothing outside it (through no symlink).
     fn confine(&self, folder: &str, name: &str) -> Result<String, Refused>;
+    /// Refuses a file at `key` that another user put there (a manifest planted in a shared
+    /// folder): only this user's files may steer what a run deletes. In a bucket every object is
+    /// its credentials' own.
+    fn owned(&self, key: &str) -> Result<(), Refused>;
 
     /// One run at a time per output: a lock for `key` (`what` names it in messages).
     fn lock(&self, key: &str, what: &str, wait: Wait) -> Result<RunLock>;

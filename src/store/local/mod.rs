@@ -137,6 +137,10 @@ impl Store for LocalStore {
         confine::inside(Path::new(folder), name).map(|p| p.display().to_string())
     }
 
+    fn owned(&self, key: &str) -> Result<(), Refused> {
+        confine::owned_by_us(Path::new(key))
+    }
+
     fn lock(&self, key: &str, what: &str, wait: Wait) -> Result<RunLock> {
         RunLock::acquire(&names::lock_of(Path::new(key)), what, wait)
     }

@@ -178,6 +178,10 @@ impl Store for S3Store {
         })
     }
 
+    fn owned(&self, _key: &str) -> Result<(), Refused> {
+        Ok(())
+    }
+
     fn lock(&self, key: &str, what: &str, wait: Wait) -> Result<RunLock> {
         RunLock::acquire(&scratch::state_file(&self.url(key), "lock"), what, wait)
     }
