@@ -151,6 +151,47 @@ fn sources_are_mutually_exclusive() {
 }
 
 #[test]
+fn the_spill_folder_is_new_private_and_named_by_no_one_in_advance() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    generate(dir.path(), &["--rows", "100", "--duckdb", "s.duckdb"]).success();
+    let child = spawn_stopped_at(
+        export_events(dir.path())
+            .args(["-q", "--duckdb", "s.duckdb", "-o", "x.csv"])
+            .env("TMPDIR", &tmp),
+        "export.streaming",
+    );
+    let pid = child.id();
+    let spills: Vec<String> = files_in(&tmp)
+        .into_iter()
+        .filter(|name| name.ends_with(".spill"))
+        .collect();
+    signal(pid, "KILL");
+    finish(child);
+    assert_eq!(spills.len(), 1, "{spills:?}");
+    let name = &spills[0];
+    // export-events-<pid>-XXXXXX.spill: a random part, so no one can make it in advance.
+    let random = name
+        .strip_prefix(&format!("export-events-{pid}-"))
+        .and_then(|rest| rest.strip_suffix(".spill"))
+        .unwrap_or_else(|| panic!("{name}"));
+    assert!(random.len() >= 6, "{name}");
+    let meta = std::fs::metadata(tmp.join(name)).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{name}");
+    assert_eq!(meta.uid(), unsafe { libc::geteuid() });
+    // The next run removes the killed run's folder, and ends with none of its own.
+    Run::of(
+        export_events(dir.path())
+            .args(["-q", "--duckdb", "s.duckdb", "-o", "y.csv"])
+            .env("TMPDIR", &tmp),
+    )
+    .success();
+    assert!(files_in(&tmp).is_empty(), "{:?}", files_in(&tmp));
+}
+
+#[test]
 fn the_spill_folder_a_killed_run_left_is_removed_by_the_next_run() {
     let dir = scratch();
     let tmp = dir.path().join("tmp");

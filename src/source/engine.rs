@@ -42,6 +42,8 @@ pub struct Engine {
     /// Set when a query lost its PostgreSQL session mid-stream: the connection is then left
     /// open when the engine is dropped (see [`Drop`] below).
     lost: AtomicBool,
+    /// DuckDB's spill folder, made by [`Engine::bound_memory`]: removed after the connection.
+    spill: Option<tempfile::TempDir>,
 }
 
 impl From<Connection> for Engine {
@@ -50,6 +52,7 @@ impl From<Connection> for Engine {
         Self {
             conn: ManuallyDrop::new(conn),
             lost: AtomicBool::new(false),
+            spill: None,
         }
     }
 }
@@ -83,16 +86,19 @@ impl Engine {
 
     /// Caps DuckDB's memory so that sorting a large DuckDB-file source spills to a private
     /// temporary folder instead of growing with the table (PostgreSQL sources stream anyway).
-    pub fn bound_memory(self) -> Result<Self> {
+    /// The folder is made here, owner-only and with a name no one can take in advance: DuckDB
+    /// would use one that exists, whoever made it, and make its own readable by all.
+    pub fn bound_memory(mut self) -> Result<Self> {
         crate::store::scratch::sweep_dead();
-        let spill = crate::store::scratch::duckdb_spill();
+        let spill = crate::store::scratch::duckdb_spill()?;
         let sql = format!(
             "SET memory_limit = '{EXPORT_MEMORY_LIMIT}'; SET temp_directory = {}",
-            literal(&spill.to_string_lossy())
+            literal(&spill.path().to_string_lossy())
         );
         self.conn
             .execute_batch(&sql)
             .context("configuring DuckDB's memory")?;
+        self.spill = Some(spill);
         Ok(self)
     }
 

@@ -4,13 +4,15 @@
 //! - The state folder (`$XDG_STATE_HOME/export-events`, or `~/.local/state/export-events`):
 //!   the locks and upload notes of object storage outputs, the pending records of tables whose
 //!   warehouse is not a local folder, a feed's last confirmation.
-//! - Per process, in `$TMPDIR`: DuckDB's spill folder (`export-events-<pid>.spill`) and the
+//! - Per process, in `$TMPDIR`: DuckDB's spill folder (`export-events-<pid>-XXXXXX.spill`, 0700) and the
 //!   spools of outputs that are not local files (`.export-events-<pid>-<name>.XXXXXX.tmp`).
 //!   Both are removed when the run ends; a run killed with SIGKILL cannot, and each can hold
 //!   gigabytes, so every run first removes those of processes that are gone: named so, this
 //!   user's, with no process of that id alive (a live run's, or one whose id was reused, stay).
 
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+use anyhow::Context as _;
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
@@ -59,9 +61,18 @@ pub fn create_state_folder() -> std::io::Result<PathBuf> {
     Ok(folder)
 }
 
-/// This process's DuckDB spill folder (not created here: DuckDB creates it when it spills).
-pub fn duckdb_spill() -> PathBuf {
-    std::env::temp_dir().join(format!("{PREFIX}{}{SPILL}", std::process::id()))
+/// A new DuckDB spill folder of this process, `export-events-<pid>-XXXXXX.spill` in `$TMPDIR`:
+/// owner-only, with a random part, made new (never one that was there before), removed when
+/// dropped.
+pub fn duckdb_spill() -> anyhow::Result<tempfile::TempDir> {
+    let folder = std::env::temp_dir();
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
+        .suffix(SPILL)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&folder)
+        .map_err(|e| crate::store::file::full_disk_writing(e, "a spill folder"))
+        .with_context(|| format!("creating a spill folder in {}", folder.display()))
 }
 
 /// This process's spool path for an output named `name` that is not a local file: its spool
@@ -96,8 +107,9 @@ pub fn sweep_dead() {
     }
 }
 
-/// The process a scratch name in `$TMPDIR` belongs to: `export-events-<pid>.spill`, or a
-/// spool's temporary `.export-events-<pid>-<name>.XXXXXX.tmp`.
+/// The process a scratch name in `$TMPDIR` belongs to: `export-events-<pid>-XXXXXX.spill` (or
+/// `export-events-<pid>.spill`, as earlier versions named it), or a spool's temporary
+/// `.export-events-<pid>-<name>.XXXXXX.tmp`.
 fn owner_pid(name: &str) -> Option<libc::pid_t> {
     let digits = match name.strip_prefix('.') {
         Some(hidden) => {
@@ -107,7 +119,10 @@ fn owner_pid(name: &str) -> Option<libc::pid_t> {
                 .split_once('-')?
                 .0
         }
-        None => name.strip_prefix(PREFIX)?.strip_suffix(SPILL)?,
+        None => {
+            let rest = name.strip_prefix(PREFIX)?.strip_suffix(SPILL)?;
+            rest.split_once('-').map_or(rest, |(pid, _)| pid)
+        }
     };
     digits.parse::<libc::pid_t>().ok().filter(|pid| *pid > 0)
 }
@@ -126,6 +141,7 @@ mod tests {
     #[test]
     fn scratch_names_carry_their_process() {
         assert_eq!(owner_pid("export-events-42.spill"), Some(42));
+        assert_eq!(owner_pid("export-events-42-a1B2c3.spill"), Some(42));
         assert_eq!(owner_pid(".export-events-42-x.csv.AbC123.tmp"), Some(42));
         assert_eq!(owner_pid(".export-events-42.spill"), None);
         assert_eq!(owner_pid("export-events-0.spill"), None);
