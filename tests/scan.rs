@@ -225,3 +225,47 @@ fn the_plan_is_chosen_by_the_share_of_the_table_exported() {
         "{run}"
     );
 }
+
+/// A sort the statistics plan into some 1,800 buckets (a table analyzed when it was far larger)
+/// under a limit of 256 open files, as `ulimit -n 256` sets it: each bucket is an open file
+/// while the read fills it, so the buckets are bounded by that limit (and by `--memory`), and
+/// the export is the same bytes as one ordered query's.
+#[test]
+fn a_sort_of_many_buckets_stays_within_the_open_files_limit() {
+    use std::os::unix::process::CommandExt as _;
+    let db = TestDb::generated_as("scan_fds", "hub", 300_000);
+    db.sql(
+        "ALTER TABLE events SET (autovacuum_enabled = false); \
+         ALTER TABLE events ALTER COLUMN \"timestamp\" SET STATISTICS 10000; ANALYZE events; \
+         UPDATE pg_class SET reltuples = 2e8 WHERE oid = 'events'::regclass",
+    );
+    let dir = scratch();
+    let export = |args: &[&str]| {
+        let mut cmd = export_events(dir.path());
+        cmd.args(["--database-url", &db.url()]).args(args);
+        // SAFETY: setrlimit is async-signal-safe, and only this child's limit changes.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 256,
+                    rlim_max: 256,
+                };
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        Run::of(&mut cmd).success()
+    };
+    export(&["-q", "--jobs", "1", "--read", "index", "-o", "serial.csv"]);
+    let run = export(&[
+        "--jobs", "2", "--read", "scan", "--memory", "64MB", "-o", "scan.csv",
+    ]);
+    assert!(run.stderr.contains("sequential read"), "{run}");
+    assert!(
+        std::fs::read(dir.path().join("serial.csv")).unwrap()
+            == std::fs::read(dir.path().join("scan.csv")).unwrap(),
+        "the same CSV bytes"
+    );
+}

@@ -186,10 +186,11 @@ fn sequential(
         .map(|(name, from, to)| query::events_in_pages(&name, from, to, since))
         .collect();
     // Buckets whose loading (twice their rows and a sort entry each: `distribute`) takes
-    // about two thirds of what a bucket may, so statistics a little off still fit.
+    // about two thirds of what a bucket may, so statistics a little off still fit; no more
+    // than open files and `--memory` allow (larger ones are split again as they are sorted).
     let buckets = (wanted * ROW_BYTES)
         .div_ceil((memory / 9).max(1))
-        .clamp(1, 4_096);
+        .clamp(1, super::distribute::max_buckets(memory));
     let cuts = stats
         .quantiles(since, buckets as usize)
         .into_iter()

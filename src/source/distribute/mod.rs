@@ -80,6 +80,50 @@ struct Part {
     splits: u32,
 }
 
+/// What a bucket holds while the read fills it, at least: waiting pieces and a write buffer
+/// (`route`).
+const BUCKET_FLOOR_BYTES: u64 = (16 + 8) << 10;
+/// Open files left for everything but the spill: connections, DuckDB, outputs, spools.
+const OTHER_FILES: u64 = 64;
+
+/// The most buckets one spill may have, with `memory` for the sort: each is an open file while
+/// the read fills it, and a bucket's buffers have a floor, so both the limit on open files and
+/// `--memory` bound it (a quarter of the memory for the buckets' floors). Fewer buckets than
+/// the statistics ask for only makes some too large to load, and those are split again.
+pub fn max_buckets(memory: u64) -> u64 {
+    let files = open_files_limit().saturating_sub(OTHER_FILES) * 3 / 4;
+    let memory = memory / 4 / BUCKET_FLOOR_BYTES;
+    files.min(memory).clamp(2, 4_096)
+}
+
+/// This process's limit on open files, raised first to what the system allows (the soft limit
+/// of shells and systemd is often 1024, the hard one much more; Go's runtime raises it so too).
+fn open_files_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return 1_024;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+        }
+        limit.rlim_cur
+    })
+}
+
 impl Part {
     /// What loading and sorting it holds at most: its rows twice (as read, and copied into one
     /// batch) and a sort entry a row.

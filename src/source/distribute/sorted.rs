@@ -161,7 +161,7 @@ fn load_sorted(part: &Part) -> Result<Sorted> {
 /// its keys.
 fn split(folder: &Path, schema: &SchemaRef, part: Part, budget: u64) -> Result<Vec<Part>> {
     let need = part.load_cost().div_ceil(budget.max(1) / 2 + 1);
-    let pieces = need.clamp(2, 4_096);
+    let pieces = need.clamp(2, super::max_buckets(budget));
     // Every `step`-th key, about 256 samples per piece.
     let step = (part.rows / (pieces * 256)).max(1) as usize;
     let mut sample = Vec::new();
