@@ -342,6 +342,37 @@ fn a_second_run_on_the_same_state_is_refused_with_the_holders_pid() {
     );
 }
 
+/// A plain export of the same `{time}` template while an incremental run is in its commit:
+/// every run locks its own files, so the export's sweep of killed runs leaves the live run's
+/// temporaries and journal alone, and both commit whole.
+#[test]
+fn a_template_export_beside_a_live_incremental_run_leaves_its_commit_alone() {
+    let db = TestDb::sample("incr_beside");
+    db.settle();
+    let dir = scratch();
+    let template = "exports/events_{time}.csv";
+    let live = spawn_stopped_at(
+        &mut run_cmd(dir.path(), &db, &["-q", "-o", template]),
+        "commit.staged",
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    Run::of(export_events(dir.path()).args(["-q", "--database-url", &db.url(), "-o", template]))
+        .success();
+    signal(live.id(), "CONT");
+    let live = finish(live).success();
+    assert!(live.stdout.starts_with("Exported 15 events to "), "{live}");
+    let exports = dir.path().join("exports");
+    let csv: Vec<String> = files_in(&exports)
+        .into_iter()
+        .filter(|f| f.starts_with("events_") && f.ends_with(".csv"))
+        .collect();
+    assert_eq!(csv.len(), 2, "both runs' files: {:?}", files_in(&exports));
+    for name in csv {
+        let text = std::fs::read_to_string(exports.join(name)).unwrap();
+        assert_eq!(text.lines().count(), 16, "whole: a header and 15 events");
+    }
+}
+
 /// One incremental run in `dir` with `args`, not yet run.
 fn run_cmd(dir: &Path, db: &TestDb, args: &[&str]) -> Command {
     let mut cmd = export_events(dir);
