@@ -356,12 +356,12 @@ pub struct ChangesArgs {
 /// `--memory` unless given.
 pub const DEFAULT_MEMORY: &str = "256MB";
 
-/// A size in bytes: a number with an optional unit (`k`/`KB`, `M`/`MB`, `G`/`GB`: powers of
-/// 1000; `KiB`, `MiB`, `GiB`: powers of 1024), at least 16 MB.
+/// A size in bytes: a number (`1.5` too) with an optional unit (`k`/`KB`, `M`/`MB`, `G`/`GB`:
+/// powers of 1000; `KiB`, `MiB`, `GiB`: powers of 1024), at least 16 MB.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -378,11 +378,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    let bytes = number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("{text:?} is not a size: write it as 256MB or 1GB"))?;
+    // A plain number, or a decimal one such as 1.5 (of a unit: a fraction of a byte rounds).
+    let bytes = match number.split_once('.') {
+        None => number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(scale)),
+        Some((whole, fraction))
+            if !fraction.contains('.') && (!whole.is_empty() || !fraction.is_empty()) =>
+        {
+            format!("{}.{fraction}", if whole.is_empty() { "0" } else { whole })
+                .parse::<f64>()
+                .ok()
+                .map(|n| (n * scale as f64).round())
+                .filter(|b| b.is_finite() && *b < u64::MAX as f64)
+                .map(|b| b as u64)
+        }
+        Some(_) => None,
+    }
+    .ok_or_else(|| format!("{text:?} is not a size: write it as 256MB, 1.5GB or 1GB"))?;
     if bytes < 16_000_000 {
         return Err(format!(
             "{text} is too little to sort in: give at least 16MB"
@@ -437,6 +451,11 @@ mod tests {
         assert_eq!(parse_size(" 64 mib"), Ok(64 << 20));
         assert!(parse_size("1MB").unwrap_err().contains("at least 16MB"));
         assert!(parse_size("12XB").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("0.5GiB"), Ok(1 << 29));
+        for bad in ["1.2.3GB", ".GB", "1..5GB", "99999999999999999999.5GB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
         assert!(parse_size("99999999999999999999GB").is_err());
         assert!(parse_size("").is_err());
     }

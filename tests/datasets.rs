@@ -342,3 +342,45 @@ fn retention_deletes_only_what_manifests_list_and_never_the_newest_run() {
     assert!(!left.contains(older), "{left:?}");
     export(dir.path(), &db, &["--keep", "1"]).failure(2, "template with {time}");
 }
+
+/// A Hub whose `timestamp` allows NULL (a later migration): such events go to Hive's NULL
+/// partition, which readers take as NULL, not to `date=1970-01-01`.
+#[test]
+fn events_without_a_timestamp_go_to_the_null_partition() {
+    let db = TestDb::sample("ds_null_time");
+    db.sql(
+        "ALTER TABLE events ALTER COLUMN \"timestamp\" DROP NOT NULL; \
+         INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+         VALUES (NULL, now(), 1, false), (NULL, now(), 2, true)",
+    );
+    let dir = scratch();
+    for by in ["day", "month"] {
+        let out = format!("ds_{by}");
+        export(
+            dir.path(),
+            &db,
+            &["--format", "parquet", "--partition-by", by, "-o", &out],
+        )
+        .success();
+        let files = tree(&dir.path().join(&out));
+        let key = if by == "day" { "date" } else { "month" };
+        assert!(
+            files
+                .iter()
+                .any(|f| f.starts_with(&format!("{key}=__HIVE_DEFAULT_PARTITION__/"))),
+            "{files:?}"
+        );
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.starts_with(&format!("{key}=1970-01"))),
+            "{files:?}"
+        );
+        let nulls = duckdb_count(&format!(
+            "SELECT count(*) FROM read_parquet('{}/{out}/**/*.parquet', hive_partitioning = true) \
+             WHERE \"timestamp\" IS NULL",
+            dir.path().display()
+        ));
+        assert_eq!(nulls, 2, "{by}");
+    }
+}

@@ -197,8 +197,11 @@ pub fn events_unjoined(since: Option<DateTime<Utc>>) -> String {
 /// unbounded), newest first and without the join to `rules`, for one window of the windowed
 /// plan. PostgreSQL only.
 pub fn events_between(from: Option<i64>, to: Option<i64>) -> String {
-    let bound = |micros: i64| {
-        instant(DateTime::from_timestamp_micros(micros).expect("a timestamp from the table"))
+    // A bound past chrono's years (PostgreSQL keeps timestamps up to 294276 AD) is written as
+    // PostgreSQL's own arithmetic, exact to the microsecond.
+    let bound = |micros: i64| match DateTime::from_timestamp_micros(micros) {
+        Some(t) => instant(t),
+        None => format!("(TIMESTAMPTZ 'epoch' + {micros} * INTERVAL '1 microsecond')"),
     };
     let conditions: Vec<String> = [
         from.map(|f| format!("e.\"timestamp\" >= {}", bound(f))),
