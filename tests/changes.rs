@@ -376,3 +376,28 @@ fn with_replica_identity_full_a_delete_carries_the_whole_row() {
         "the deleted row as the export wrote it"
     );
 }
+
+/// What a feed meets after its server was restored from a backup or failed over: a slot behind
+/// what the destination holds, and a destination ending past the server's WAL. Taken at its
+/// word, the run would remove delivered change files as unconfirmed; it stops in one line, and
+/// nothing is removed and the slot does not move.
+#[test]
+fn a_destination_ahead_of_the_server_is_refused_and_nothing_is_removed() {
+    let db = TestDb::sample("chg_ahead");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    db.sql(WRITES[0]);
+    changes(dir.path(), &slot, &["-q"]).success();
+    let folder = dir.path().join("exports/changes");
+    let confirmed = slot.confirmed();
+    let (hi, lo) = confirmed.split_once('/').unwrap();
+    let at = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    // Changes delivered from the slot's position on, up to a point this server never reached.
+    let delivered = format!("changes_{at:016X}_{:016X}.csv", at + (1 << 40));
+    std::fs::write(folder.join(&delivered), "lsn\n").unwrap();
+    let before = files_in(&folder);
+    db.sql(WRITES[1]);
+    changes(dir.path(), &slot, &["-q"]).failure(2, "past this server's WAL position");
+    assert_eq!(files_in(&folder), before, "nothing removed or added");
+    assert_eq!(slot.confirmed(), confirmed, "the slot did not move");
+}

@@ -494,3 +494,94 @@ fn a_change_the_stream_refuses_mid_chunk_is_published_again_never_skipped() {
         "no change lost"
     );
 }
+
+/// NATS servers as production runs them ask for credentials: a user and password, or a token,
+/// in the URL or in the variables the `nats` CLI reads. The feed logs in with each, and no line
+/// (refusal or success) shows a secret.
+#[test]
+fn a_nats_server_with_authentication_takes_the_feed_and_no_line_shows_its_secret() {
+    let db = TestDb::sample("feed_auth");
+    let dir = scratch();
+    let (slot, created) = create_with_initial(&db, dir.path(), "initial.csv");
+    created.success();
+    let users = NatsServer::start(&["--user", "hub", "--pass", "s3cret-pass"]);
+    let tokens = NatsServer::start(&["--auth", "s3cret-token"]);
+    let feed = |url: String, env: &[(&str, &str)], subject: &str| {
+        let mut cmd = slot.changes(
+            dir.path(),
+            &["--to", &url, "--subject", subject, "--create-stream"],
+        );
+        cmd.env_remove("NATS_USER")
+            .env_remove("NATS_PASSWORD")
+            .env_remove("NATS_TOKEN");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let run = Run::of(&mut cmd);
+        assert!(
+            !run.stdout.contains("s3cret") && !run.stderr.contains("s3cret"),
+            "a secret shown\n{run}"
+        );
+        run
+    };
+    // Without credentials, or with wrong ones: refused in one line.
+    let refused = feed(format!("nats://127.0.0.1:{}", users.port), &[], "a.changes");
+    assert_ne!(refused.code, Some(0), "{refused}");
+    assert!(
+        refused.stderr.contains("authorization violation"),
+        "{refused}"
+    );
+    let wrong = feed(
+        format!("nats://s3cret-wrong@127.0.0.1:{}", tokens.port),
+        &[],
+        "a.changes",
+    );
+    assert!(
+        wrong.stderr.contains("nats://********@127.0.0.1"),
+        "{wrong}"
+    );
+    assert_eq!(wrong.stderr.trim().lines().count(), 1, "{wrong}");
+
+    db.sql(WRITES[0]);
+    let first = feed(
+        format!("nats://hub:s3cret-pass@127.0.0.1:{}", users.port),
+        &[],
+        "a.changes",
+    )
+    .success();
+    assert!(
+        first
+            .stdout
+            .starts_with("Wrote 2 changes to a.changes (nats://********@127.0.0.1"),
+        "{first}"
+    );
+    db.sql(WRITES[1]);
+    let env = [("NATS_USER", "hub"), ("NATS_PASSWORD", "s3cret-pass")];
+    feed(
+        format!("nats://127.0.0.1:{}", users.port),
+        &env,
+        "a.changes",
+    )
+    .success();
+
+    // A token: in the URL, then in NATS_TOKEN (a second subject: the slot moved on).
+    db.sql(WRITES[2]);
+    let token = feed(
+        format!("nats://s3cret-token@127.0.0.1:{}", tokens.port),
+        &[],
+        "b.changes",
+    )
+    .success();
+    assert!(
+        token.stdout.starts_with("Wrote 2 changes to b.changes"),
+        "{token}"
+    );
+    db.sql(WRITES[1]);
+    let env = [("NATS_TOKEN", "s3cret-token")];
+    feed(
+        format!("nats://127.0.0.1:{}", tokens.port),
+        &env,
+        "b.changes",
+    )
+    .success();
+}

@@ -265,3 +265,55 @@ fn the_initial_export_and_the_change_table_replay_to_the_hubs_table() {
     assert_eq!(both.code, Some(2), "{both}");
     assert!(both.stderr.contains("not both"), "{both}");
 }
+
+/// Other writers on the change table: an engine that reorders its columns (`lsn` and `op` are
+/// both strings, `xid` and `position` both integers) and adds one gets every value in its own
+/// column; a snapshot whose summary another writer forged (this feed's scope, an `lsn-to` far
+/// ahead) stops the feed in one line instead of making it skip every change.
+#[test]
+fn another_writer_on_the_change_table_neither_moves_values_nor_steers_the_feed() {
+    let db = TestDb::sample("icc_other");
+    let lake = Lake::sqlite();
+    let feed = slot(&db, "icc_other", |s| {
+        Run::of(&mut lake.changes_cmd(s, "hub.changes", &["--create-slot"]))
+    });
+    db.sql(WRITES[0]);
+    Run::of(&mut lake.changes_cmd(&feed, "hub.changes", &["-q"])).success();
+    lake.pyiceberg(
+        "hub.changes",
+        "with t.update_schema() as u:\n    u.move_first('op')\n    \
+         u.move_before('position', 'xid')\n    u.add_column('note', StringType())",
+    );
+    db.sql(WRITES[5]);
+    Run::of(&mut lake.changes_cmd(&feed, "hub.changes", &["-q"])).success();
+    let table = lake.read("hub.changes", None);
+    // `lsn` parses as an LSN in every row (`table_changes`), every op is one, and positions
+    // count 0, 1, 2... within each transaction (an xid would repeat).
+    let changes = table_changes(&table);
+    assert_eq!(changes.len(), 5_002, "both batches, each change once");
+    let mut expected = 0;
+    for (index, ((commit, position), op, _)) in changes.iter().enumerate() {
+        if index > 0 && changes[index - 1].0 .0 != *commit {
+            expected = 0;
+        }
+        assert_eq!(*position, expected, "positions in order");
+        assert_eq!(op, "insert");
+        expected += 1;
+    }
+
+    // A snapshot of another writer, with a summary that claims this feed's changes up to an
+    // LSN the server never reached.
+    let scope = table["summary"]["export-events.feed"].as_str().unwrap();
+    lake.pyiceberg(
+        "hub.changes",
+        &format!(
+            "t.append(t.scan().to_arrow().slice(0, 1), snapshot_properties={{\
+             'export-events.feed': '{scope}', 'export-events.lsn-to': 'FFFFFFFF/FFFFFFFF'}})"
+        ),
+    );
+    let confirmed = feed.confirmed();
+    db.sql(WRITES[1]);
+    Run::of(&mut lake.changes_cmd(&feed, "hub.changes", &["-q"]))
+        .failure(2, "past this server's WAL position");
+    assert_eq!(feed.confirmed(), confirmed, "the slot did not move");
+}

@@ -46,6 +46,21 @@ pub fn redact(text: &str) -> String {
     mask_url_passwords(&known)
 }
 
+/// A URL the user gave, as lines show it: whatever stands before its host's `@` (a user and
+/// password, or a token alone) masked.
+pub fn masked_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let scheme = match scheme {
+        "" => String::new(),
+        scheme => format!("{scheme}://"),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}{MASK}{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Masks the password part of every `://user:password@` in `text`.
 fn mask_url_passwords(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -179,6 +194,9 @@ mod tests {
             "s3://bucket/key and https://h/x"
         );
         assert_eq!(redact("postgres://a:b:c@@h"), "postgres://a:********@h");
+        assert_eq!(masked_url("nats://T0KEN@h:1"), "nats://********@h:1");
+        assert_eq!(masked_url("kafka://u:p@h/x@y"), "kafka://********@h/x@y");
+        assert_eq!(masked_url("nats://h:1"), "nats://h:1");
     }
 
     proptest::proptest! {

@@ -144,8 +144,9 @@ impl Reader<'_> {
         let Some(end) = self.end.take() else {
             return Ok(());
         };
+        // What the destination held already is not counted as written.
         let (rows, place) = match self.batch.take() {
-            Some(batch) => (batch.rows(), batch.finish(end)?),
+            Some(batch) => (batch.rows() - batch.skipped(), batch.finish(end)?),
             None => (0, String::new()),
         };
         fault::point("changes.written");

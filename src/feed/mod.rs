@@ -27,6 +27,7 @@ mod stream;
 use anyhow::Result;
 
 use crate::cancel::{self, Mode};
+use crate::error::UsageError;
 use crate::source::engine::{Access, Engine};
 use crate::source::query::Dialect;
 use plan::{Feed as Plan, Reading, SlotAction, Via};
@@ -64,10 +65,35 @@ fn read(feed: &Feed, reading: &Reading, plan: &Plan) -> Result<()> {
     let zone = crate::source::zone(feed.engine, Dialect::Postgres)?;
     let dest = reading.sink.open(&feed.scope()?, zone, plan.quiet)?;
     let _lock = dest.lock(feed.slot, plan.wait)?;
+    not_ahead_of_the_server(feed, dest.as_ref())?;
     let total = match reading.via {
         Via::Stream => follow::run(feed, dest.as_ref(), reading, plan.quiet)?,
         Via::Sql => sql::run(feed, dest.as_ref(), reading, plan.quiet)?,
     };
     println!("Wrote {total} changes to {}", dest.shown());
+    Ok(())
+}
+
+/// Refuses a destination that holds changes past the server's WAL position, before anything is
+/// delivered or removed: the server is not the one that wrote them as it is now (restored from
+/// a backup, a standby promoted, a base-backup clone: same system identifier, a slot made anew
+/// behind what was delivered), or what the destination says was written by someone else (an
+/// edited summary). Taken at its word, the feed would remove delivered changes as unconfirmed,
+/// or skip every change up to a position the server has not reached.
+fn not_ahead_of_the_server(feed: &Feed, dest: &dyn sink::api::ChangeSink) -> Result<()> {
+    let Some(end) = dest.end()? else {
+        return Ok(());
+    };
+    let current = feed.current_wal()?;
+    if end > current {
+        anyhow::bail!(UsageError(format!(
+            "{} holds changes up to {end}, past this server's WAL position {current}: the server \
+             was restored from a backup or failed over (or the destination was edited), so its \
+             slot {} cannot continue it; nothing was delivered or removed. Give the feed a new \
+             destination, starting with --create-slot --initial-export",
+            dest.shown(),
+            feed.slot
+        )));
+    }
     Ok(())
 }

@@ -46,7 +46,8 @@ fn drain(feed: &Feed, dest: &dyn ChangeSink, max: u64, quiet: bool) -> Result<u6
             return Ok(total);
         };
         cancel::check()?;
-        let rows = batch.rows();
+        // What the destination held already is not counted as written.
+        let rows = batch.rows() - batch.skipped();
         let place = batch.finish(to)?;
         fault::point("changes.written");
         // Only now that the batch is delivered: from here on PostgreSQL may forget it.

@@ -64,6 +64,9 @@ pub trait ChangeSink {
     /// One run per slot and destination: another could confirm and then see its batch removed
     /// as unconfirmed.
     fn lock(&self, slot: &str, wait: Wait) -> Result<RunLock>;
+    /// With the lock held: where this feed's changes the destination holds end (read back:
+    /// file names, the last message, the newest snapshot's summary); `None` when it holds none.
+    fn end(&self) -> Result<Option<Lsn>>;
     /// With the lock held: removes what runs interrupted before their confirmation left from
     /// `from` on, and reads again where the destination resumes (what it holds is skipped).
     fn prepare(&self, from: Lsn) -> Result<()>;
@@ -73,6 +76,9 @@ pub trait ChangeSink {
 
 /// A batch being delivered.
 pub trait ChangeBatch: Changes {
+    /// Of the changes pushed, those the destination holds already (a run killed before its
+    /// confirmation read them again), which it skips: the run's total counts the others.
+    fn skipped(&self) -> u64;
     /// Delivers the batch as the changes up to `to`; returns where it went (for the log line).
     fn finish(self: Box<Self>, to: Lsn) -> Result<String>;
 }

@@ -126,6 +126,19 @@ impl ChangeSink for Open<'_> {
         at.store().lock(at.key(), &format!("slot {slot}"), wait)
     }
 
+    /// The end of the last change file in place (`changes_<from>_<to>.<ext>`).
+    fn end(&self) -> Result<Option<Lsn>> {
+        let at = &self.folder.folder.at;
+        Ok(at
+            .store()
+            .list(at.key())?
+            .iter()
+            .filter_map(|name| name.strip_prefix("changes_")?.get(17..33))
+            .filter_map(|to| u64::from_str_radix(to, 16).ok())
+            .max()
+            .map(Lsn))
+    }
+
     /// Removes the files (and partial files) of runs that wrote changes from `from` on but were
     /// interrupted before the server had their confirmation: the slot is still at `from`, so
     /// the files written next hold those changes again (maybe cut into other batches, under
@@ -219,6 +232,11 @@ impl ChangeFiles {
 }
 
 impl ChangeBatch for ChangeFiles {
+    /// Files are written again whole: nothing is skipped.
+    fn skipped(&self) -> u64 {
+        0
+    }
+
     /// Completes the files as the changes up to `to`, durably and together; none when no
     /// change was pushed.
     fn finish(mut self: Box<Self>, to: Lsn) -> Result<String> {

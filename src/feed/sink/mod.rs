@@ -29,7 +29,7 @@ pub fn resolve(request: &Request) -> Result<Box<dyn SinkPlan>, UsageError> {
                     .collect();
                 Err(UsageError(format!(
                     "--to {}: no change destination takes it; give one such as {}",
-                    to.unwrap_or_default(),
+                    crate::error::masked_url(to.unwrap_or_default()),
                     examples.join(" or ")
                 )))
             }

@@ -151,6 +151,12 @@ impl ChangeSink for TableFeed<'_> {
         pending::lock(&self.own_folder(), &self.output.shown(), wait)
     }
 
+    /// The `lsn-to` of this feed's newest snapshot.
+    fn end(&self) -> Result<Option<Lsn>> {
+        let end = held(&self.load()?, &self.scope, self.output)?;
+        Ok((end > Lsn(0)).then_some(end))
+    }
+
     /// With the table's lock held: removes what batches that died before their commit left,
     /// and reads again how far the table holds this feed (a run that held the lock before
     /// may have committed since it was opened).
@@ -279,6 +285,10 @@ impl TableBatch<'_> {
 }
 
 impl ChangeBatch for TableBatch<'_> {
+    fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
     /// Commits the batch as the changes up to `to`, one snapshot; returns where it went (for
     /// the log line). A batch with nothing new commits nothing.
     fn finish(self: Box<Self>, to: Lsn) -> Result<String> {
@@ -347,6 +357,6 @@ impl Changes for TableBatch<'_> {
     }
 
     fn rows(&self) -> u64 {
-        self.rows
+        self.rows + self.skipped
     }
 }

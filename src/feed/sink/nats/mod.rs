@@ -17,12 +17,15 @@
 //! another feed's is refused, and a stream another publisher writes to during a run stops the
 //! run with an error, never silently.
 
+mod connect;
+
 use std::future::IntoFuture as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self};
 use chrono::{DateTime, SecondsFormat};
 use serde_json::{Map, Value as Json};
@@ -52,7 +55,7 @@ pub const SINK: Registration = Registration {
 /// A JetStream destination, resolved.
 #[derive(Debug)]
 struct Subject {
-    url: String,
+    server: connect::Server,
     subject: String,
     stream: Option<String>,
     create: bool,
@@ -60,8 +63,9 @@ struct Subject {
 }
 
 fn resolve(request: &Request) -> Result<Box<dyn SinkPlan>, UsageError> {
+    let to = request.to.unwrap_or_default();
     Ok(Box::new(Subject {
-        url: request.to.unwrap_or_default().to_owned(),
+        server: connect::Server::resolve(to, |name| std::env::var(name).ok())?,
         subject: request.subject.to_owned(),
         stream: request.stream.map(str::to_owned),
         create: request.create_stream,
@@ -86,7 +90,8 @@ const CHUNK: usize = 2_048;
 
 /// A JetStream destination, connected.
 pub struct Nats {
-    url: String,
+    /// The server as lines show it (credentials masked).
+    shown: String,
     js: jetstream::Context,
     subject: String,
     /// The feed's scope, first part of every message id.
@@ -103,22 +108,9 @@ impl Nats {
     /// Connects to the server and finds the stream taking the subject, creating it when asked
     /// to; reads the last change it holds.
     fn connect(to: &Subject, scope: &str, zone: Zone) -> Result<Self> {
-        let (url, subject, stream, create) = (
-            to.url.as_str(),
-            to.subject.as_str(),
-            to.stream.as_deref(),
-            to.create,
-        );
+        let (subject, stream, create) = (to.subject.as_str(), to.stream.as_deref(), to.create);
         runtime().block_on(async {
-            let client = tokio::time::timeout(
-                Duration::from_secs(10),
-                async_nats::ConnectOptions::new()
-                    .max_reconnects(Some(5))
-                    .connect(url),
-            )
-            .await
-            .map_err(|_| anyhow!("no NATS server answered at {url} within 10 s"))?
-            .with_context(|| format!("connecting to NATS at {url}"))?;
+            let client = to.server.connect().await?;
             let js = jetstream::new(client);
             let name = match js.stream_by_subject(subject).await {
                 Ok(name) => name,
@@ -150,6 +142,9 @@ impl Nats {
                 .with_context(|| format!("reading JetStream stream {name}"))?
                 .state
                 .last_sequence;
+            // Only a subject with no message has no resume point: any other failure to read
+            // the last one stops the run (resuming from the slot alone would publish again
+            // what the duplicate window may no longer catch).
             let last = match found.get_last_raw_message_by_subject(subject).await {
                 Ok(message) => {
                     let id = message
@@ -158,10 +153,15 @@ impl Nats {
                         .map(|v| v.as_str().to_owned());
                     resume_point(id.as_deref(), scope, subject)?
                 }
-                Err(_) => None,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+                Err(e) => {
+                    return Err(anyhow::Error::from(e)).with_context(|| {
+                        format!("reading the last message on {subject} (where to resume)")
+                    })
+                }
             };
             Ok::<_, anyhow::Error>(Self {
-                url: url.to_owned(),
+                shown: to.server.shown.clone(),
                 js,
                 subject: subject.to_owned(),
                 scope: scope.to_owned(),
@@ -244,12 +244,17 @@ pub struct Publishing<'a> {
 
 impl ChangeSink for Nats {
     fn shown(&self) -> String {
-        format!("{} ({})", self.subject, self.url)
+        format!("{} ({})", self.subject, self.shown)
     }
 
     fn lock(&self, slot: &str, wait: Wait) -> Result<RunLock> {
         let path = state_file(&format!("nats {slot}"), "lock");
         RunLock::acquire(&path, &format!("slot {slot}"), wait)
+    }
+
+    /// The commit LSN of this feed's last change on the subject.
+    fn end(&self) -> Result<Option<Lsn>> {
+        Ok(self.last.map(|(lsn, _)| lsn))
     }
 
     /// JetStream drops, and the run skips, what the stream already holds.
@@ -263,6 +268,10 @@ impl ChangeSink for Nats {
 }
 
 impl ChangeBatch for Publishing<'_> {
+    fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
     /// Waits until the stream has acknowledged every message.
     fn finish(mut self: Box<Self>, _to: Lsn) -> Result<String> {
         self.send()?;
