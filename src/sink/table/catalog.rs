@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use arrow::datatypes::Schema as ArrowSchema;
 use iceberg::spec::{
     NullOrder, SortDirection, SortField, SortOrder, Transform, UnboundPartitionSpec,
@@ -232,7 +232,7 @@ pub fn table(
     let shown = super::dotted(ident);
     let wanted = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
         .context("the event model as an Iceberg schema")?;
-    let existing = |table: Table| check_existing(table, &wanted, layout, &shown);
+    let existing = |table: Table| super::existing::check(table, &wanted, layout, &shown);
     runtime()
         .block_on(async {
             if catalog.table_exists(ident).await? {
@@ -260,36 +260,6 @@ pub fn table(
             }
         })
         .with_context(|| format!("creating or loading table {shown}"))
-}
-
-/// An existing table, if it holds the columns export-events writes and (when the user chose a
-/// partitioning) is partitioned so.
-fn check_existing(
-    table: Table,
-    wanted: &iceberg::spec::Schema,
-    layout: Layout,
-    shown: &str,
-) -> Result<Table> {
-    let (column, _, transform) = layout.partition;
-    check_columns(&table, wanted, shown)?;
-    let have = table.metadata();
-    let source = have.current_schema().field_id_by_name(column);
-    let spec = have.default_partition_spec();
-    let same = spec
-        .fields()
-        .iter()
-        .any(|f| Some(f.source_id) == source && f.transform == transform);
-    if layout.chosen && !same {
-        bail!(UsageError(format!(
-            "table {shown} is partitioned as {:?}, not by {column} {transform}: drop \
-             --partition-by (the table's own partitioning is used) or export to a new table",
-            spec.fields()
-                .iter()
-                .map(|f| f.name.as_str())
-                .collect::<Vec<_>>()
-        )));
-    }
-    Ok(table)
 }
 
 /// A new table of `wanted`'s columns, partitioned and sorted as `layout` says.
@@ -333,62 +303,6 @@ fn creation(
 
 /// Buckets of `--partition-by rule`: a few files per export, whatever the number of rules.
 const RULE_BUCKETS: u32 = 16;
-
-/// Every column of `wanted` in `table`, with the same type, and nothing the rows cannot fill:
-/// other engines evolve a table (columns reordered, added, renamed), and what export-events can
-/// honour (its columns in any order, an added optional column, which gets nulls) is written by
-/// name; anything else is refused here, before a row is read.
-fn check_columns(table: &Table, wanted: &iceberg::spec::Schema, shown: &str) -> Result<()> {
-    let have = table.metadata().current_schema();
-    for field in wanted.as_struct().fields() {
-        match have.field_by_name(&field.name) {
-            Some(found) if found.field_type != field.field_type => bail!(UsageError(format!(
-                "table {shown} has column {} as {}, not {} as export-events writes it: export to \
-                 a new table",
-                field.name, found.field_type, field.field_type
-            ))),
-            Some(found) if found.required && !field.required => bail!(UsageError(format!(
-                "table {shown} has column {} as required, and export-events writes nulls in it: \
-                 make it optional again, or export to a new table",
-                field.name
-            ))),
-            Some(_) => {}
-            None if field.name == crate::model::POSITION
-                || crate::model::FEED.iter().any(|c| c.name == field.name) =>
-            {
-                bail!(UsageError(format!(
-                    "table {shown} has no column {}: it holds events, not changes; give the \
-                     change feed a table of its own, such as {shown}_changes",
-                    field.name
-                )))
-            }
-            None if field.name == crate::model::VERSION => bail!(UsageError(format!(
-                "table {shown} has no column {}: it holds a full export, not the versions of \
-                 incremental runs; give the incremental runs a table of their own, such as \
-                 {shown}_versions",
-                field.name
-            ))),
-            None => bail!(UsageError(format!(
-                "table {shown} has no column {} (dropped or renamed since, or not made by \
-                 export-events): give it back that column, or export to a new table",
-                field.name
-            ))),
-        }
-    }
-    let unknown_required = have
-        .as_struct()
-        .fields()
-        .iter()
-        .find(|f| f.required && wanted.field_by_name(&f.name).is_none());
-    if let Some(column) = unknown_required {
-        bail!(UsageError(format!(
-            "table {shown} has a required column {} that export-events has no value for: make \
-             it optional, or export to a new table",
-            column.name
-        )));
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

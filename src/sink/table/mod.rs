@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod check;
 pub mod commit;
+mod existing;
 pub mod pending;
 pub mod writer;
 

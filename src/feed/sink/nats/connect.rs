@@ -205,4 +205,23 @@ mod tests {
             assert!(!refused.contains("u:p"), "{refused}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_url_resolves_or_is_refused_and_shows_no_credentials(
+            user in "[a-z]{1,6}", secret in "s3cret[a-zA-Z0-9%@:]{0,10}", rest in "\\PC{0,30}",
+        ) {
+            for url in [
+                format!("nats://{user}:{secret}@{rest}"),
+                format!("tls://{secret}@{rest}"),
+                rest.clone(),
+            ] {
+                let shown = match Server::resolve(&url, none) {
+                    Ok(server) => format!("{} {server:?}", server.shown),
+                    Err(refused) => refused.0,
+                };
+                proptest::prop_assert!(!shown.contains("s3cret"), "{shown}");
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@
 //! run with an error, never silently.
 
 mod connect;
+mod ids;
 
 use std::future::IntoFuture as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,7 +152,7 @@ impl Nats {
                         .headers
                         .get("Nats-Msg-Id")
                         .map(|v| v.as_str().to_owned());
-                    resume_point(id.as_deref(), scope, subject)?
+                    ids::resume_point(id.as_deref(), scope, subject)?
                 }
                 Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
                 Err(e) => {
@@ -198,35 +199,6 @@ fn stream_name(subject: &str) -> String {
             }
         })
         .collect()
-}
-
-/// `scope:16/B374D848:12` → (scope, LSN, position); ids of earlier versions have no scope.
-fn parse_id(id: &str) -> Option<(Option<&str>, Lsn, u64)> {
-    let mut parts = id.rsplitn(3, ':');
-    let position = parts.next()?.parse().ok()?;
-    let lsn = parts.next()?.parse().ok()?;
-    Some((parts.next(), lsn, position))
-}
-
-/// Where this feed resumes on `subject`, from the id of the last message there: after it when
-/// it is this feed's (or an earlier version's, which had no scope); the subject is refused when
-/// it is another feed's, or not a change at all.
-fn resume_point(id: Option<&str>, scope: &str, subject: &str) -> Result<Option<(Lsn, u64)>> {
-    let refuse = |whose: String| {
-        UsageError(format!(
-            "subject {subject} already holds {whose}, not this feed's ({scope}): give each \
-             database and slot its own --subject (and stream)"
-        ))
-    };
-    match id.map(|id| (id, parse_id(id))) {
-        None => Err(refuse("messages without export-events ids".into()).into()),
-        Some((_, Some((None, lsn, position)))) => Ok(Some((lsn, position))),
-        Some((_, Some((Some(owner), lsn, position)))) if owner == scope => {
-            Ok(Some((lsn, position)))
-        }
-        Some((_, Some((Some(owner), ..)))) => Err(refuse(format!("the changes of {owner}")).into()),
-        Some((id, None)) => Err(refuse(format!("a message with id {id:?}")).into()),
-    }
 }
 
 /// The changes of a batch on their way to the stream.
@@ -395,44 +367,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_and_stream_names() {
-        assert_eq!(
-            parse_id("16/B374D848:12"),
-            Some((None, Lsn(0x16_B374_D848), 12))
-        );
-        assert_eq!(
-            parse_id("771-5-nightly:16/B374D848:12"),
-            Some((Some("771-5-nightly"), Lsn(0x16_B374_D848), 12))
-        );
-        assert_eq!(parse_id("x"), None);
+    fn stream_names_and_values() {
         assert_eq!(stream_name("iot.events.changes"), "IOT_EVENTS_CHANGES");
         assert_eq!(
             json(&Value::Timestamp(1_000_000)),
             Json::from("1970-01-01T00:00:01.000000Z")
         );
-    }
-
-    #[test]
-    fn a_subject_of_another_feed_is_refused() {
-        let ours = "771-5-nightly";
-        let at = |id| resume_point(Some(id), ours, "s");
-        assert_eq!(at("771-5-nightly:0/10:3").unwrap(), Some((Lsn(0x10), 3)));
-        assert_eq!(
-            at("0/10:3").unwrap(),
-            Some((Lsn(0x10), 3)),
-            "an earlier version's"
-        );
-        let err = at("999-5-nightly:0/10:3").unwrap_err().to_string();
-        assert!(err.contains("the changes of 999-5-nightly"), "{err}");
-        assert!(at("hello").is_err());
-        assert!(resume_point(None, ours, "s").is_err());
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn ids_never_panic(id in "\\PC{0,40}") {
-            let _ = parse_id(&id);
-            let _ = resume_point(Some(&id), "a-1-s", "s");
-        }
     }
 }
