@@ -210,21 +210,12 @@ impl Lake {
 
     /// Another writer's commit: pyiceberg appends one event (id -1) to `table`.
     pub fn append_one(&self, table: &str) {
-        let script = "import sys, datetime, pyarrow as pa\n\
-            from pyiceberg.catalog.sql import SqlCatalog\n\
-            t = SqlCatalog('default', uri=sys.argv[1], warehouse=sys.argv[2]).load_table(sys.argv[3])\n\
-            row = dict(id=-1, timestamp=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc), \
-            rule='other writer', acknowledged=False, trigger_telemetry_id=None, trigger_device_id=None)\n\
-            t.append(pa.Table.from_pylist([row], schema=t.schema().as_arrow()))\n";
-        let warehouse = self.warehouse.display().to_string();
-        let out = Command::new(setting("EXPORT_EVENTS_TEST_ICEBERG_PYTHON"))
-            .args(["-c", script, &self.reader_uri, &warehouse, table])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pyiceberg append: {}",
-            String::from_utf8_lossy(&out.stderr)
+        self.pyiceberg(
+            table,
+            "import datetime, pyarrow as pa\n\
+             row = dict(id=-1, timestamp=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc), \
+             rule='other writer', acknowledged=False, trigger_telemetry_id=None, trigger_device_id=None)\n\
+             t.append(pa.Table.from_pylist([row], schema=t.schema().as_arrow()))",
         );
     }
 
