@@ -401,3 +401,34 @@ fn a_destination_ahead_of_the_server_is_refused_and_nothing_is_removed() {
     assert_eq!(files_in(&folder), before, "nothing removed or added");
     assert_eq!(slot.confirmed(), confirmed, "the slot did not move");
 }
+
+/// Timestamps PostgreSQL keeps and chrono does not (BC, and years past 262143) are changes
+/// like any other: the feed writes them, as the export does, instead of stopping for good.
+#[test]
+fn timestamps_before_christ_and_past_chronos_years_are_fed() {
+    let db = TestDb::sample("chg_far_times");
+    let dir = scratch();
+    let slot = Slot::create(&db, dir.path());
+    db.sql(
+        "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) VALUES \
+         ('0044-03-15 12:00:00+00 BC', now(), 1, false), \
+         ('262144-06-15 12:34:56.789012+00', now(), 2, true)",
+    );
+    let run = changes(dir.path(), &slot, &["--format", "csv,parquet"]).success();
+    assert!(run.stdout.starts_with("Wrote 2 changes"), "{run}");
+    let folder = dir.path().join("exports/changes");
+    let parquet = files_in(&folder)
+        .into_iter()
+        .find(|f| f.ends_with(".parquet"))
+        .unwrap();
+    let batch = parquet_values(&folder.join(parquet));
+    let stamps = batch
+        .column_by_name("timestamp")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+        .unwrap();
+    let mut values: Vec<i64> = stamps.values().to_vec();
+    values.sort();
+    assert_eq!(values, [-63_517_780_800_000_000, 8_210_312_800_496_789_012]);
+}

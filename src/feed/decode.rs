@@ -11,7 +11,6 @@ use anyhow::{bail, Context as _, Result};
 use arrow::array::{Array, AsArray as _};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
-use chrono::DateTime;
 use duckdb::Connection;
 
 use super::change::{Changes, Op, Value};
@@ -244,7 +243,7 @@ fn parse(column: &Column, text: Option<&String>) -> Result<Value> {
     let invalid = || format!("{} {text:?} is not a {:?} value", column.name, column.kind);
     Ok(match column.kind {
         Kind::Int64 => Value::Int64(text.parse().with_context(invalid)?),
-        Kind::Timestamp => Value::Timestamp(timestamp(text)?),
+        Kind::Timestamp => Value::Timestamp(super::pgtime::micros(text)?),
         Kind::Text => Value::Text(text.clone()),
         Kind::Bool => Value::Bool(text == "t"),
     })
@@ -271,54 +270,9 @@ fn typed(batch: &RecordBatch, i: usize, row: usize, kind: Kind) -> Value {
     }
 }
 
-/// PostgreSQL's ISO text of a timestamptz (`2026-01-01 00:00:00.5+00`), in microseconds since
-/// the Unix epoch.
-fn timestamp(text: &str) -> Result<i64> {
-    match text {
-        "infinity" => return Ok(i64::MAX),
-        "-infinity" => return Ok(i64::MIN),
-        _ => {}
-    }
-    let invalid =
-        || format!("timestamp {text:?} is not in PostgreSQL's ISO format (DateStyle ISO)");
-    // A `timestamp without time zone` (USE_TZ = False) has no offset: its wall clock, as UTC.
-    let tail = &text.as_bytes()[text.len().saturating_sub(6)..];
-    if !tail.iter().any(|b| matches!(b, b'+' | b'-')) {
-        let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-            .with_context(invalid)?;
-        return Ok(naive.and_utc().timestamp_micros());
-    }
-    let parsed = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").with_context(invalid)?;
-    Ok(parsed.timestamp_micros())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn postgres_timestamps_in_any_zone() {
-        assert_eq!(
-            timestamp("2026-01-01 00:00:00.5+00").unwrap(),
-            1_767_225_600_500_000
-        );
-        assert_eq!(
-            timestamp("2026-01-01 05:30:00+05:30").unwrap(),
-            1_767_225_600_000_000
-        );
-        assert_eq!(timestamp("1969-12-31 23:59:59.999999+00").unwrap(), -1);
-        assert_eq!(timestamp("infinity").unwrap(), i64::MAX);
-        // Naive (USE_TZ = False): the wall clock as UTC.
-        assert_eq!(
-            timestamp("2026-01-01 00:00:00.5").unwrap(),
-            1_767_225_600_500_000
-        );
-        assert_eq!(
-            timestamp("2026-01-01 05:30:00").unwrap(),
-            1_767_245_400_000_000
-        );
-        assert!(timestamp("Thu Jan 01 00:00:00 2026 UTC").is_err());
-    }
 
     #[test]
     fn replicated_text_becomes_values_of_each_kind() {

@@ -17,6 +17,7 @@ mod create;
 mod decode;
 mod follow;
 pub mod pgoutput;
+mod pgtime;
 pub mod plan;
 mod rows;
 pub mod sink;
