@@ -121,9 +121,13 @@ fn read_part(part: &Part) -> Result<StreamReader<BufReader<File>>> {
 fn load_sorted(part: &Part) -> Result<Sorted> {
     let reader = read_part(part)?;
     let schema = reader.schema();
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading a spill file")?;
+    // A signal stops the load between batches, not after the whole bucket (systemd's stop
+    // would otherwise wait a bucket's read and sort).
+    let mut batches = Vec::new();
+    for batch in reader {
+        crate::cancel::check()?;
+        batches.push(batch.context("reading a spill file")?);
+    }
     std::fs::remove_file(&part.path).ok();
     // The copy holds the rows a second time until the batches read are dropped: counted in
     // `Part::load_cost`.
@@ -167,6 +171,7 @@ fn split(folder: &Path, schema: &SchemaRef, part: Part, budget: u64) -> Result<V
     let mut sample = Vec::new();
     let mut seen = 0usize;
     for batch in read_part(&part)? {
+        crate::cancel::check()?;
         for key in keys(&batch.context("reading a spill file")?)? {
             if seen.is_multiple_of(step) {
                 sample.push(key);
@@ -182,6 +187,7 @@ fn split(folder: &Path, schema: &SchemaRef, part: Part, budget: u64) -> Result<V
     let mut spill = Spill::new(folder, schema.clone(), cuts, budget);
     spill.splits = part.splits + 1;
     for batch in read_part(&part)? {
+        crate::cancel::check()?;
         spill.route(&batch.context("reading a spill file")?)?;
     }
     std::fs::remove_file(&part.path).ok();
