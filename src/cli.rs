@@ -185,7 +185,9 @@ pub struct ExportArgs {
 
     /// How PostgreSQL serves a large export: `scan` reads the table sequentially in page ranges
     /// on --jobs connections and sorts the rows here within --memory (spilled to disk beside
-    /// the output, or in $TMPDIR for s3://); `index` reads in order along the timestamp index;
+    /// the output, in $TMPDIR for s3://, or for a table in the warehouse's .export-events
+    /// folder, in ~/.local/state/export-events for an S3 or REST warehouse; a killed run's
+    /// spill is removed by the next run); `index` reads in order along the timestamp index;
     /// `auto` picks by cost from the table's statistics.
     #[arg(long, value_enum, value_name = "HOW", default_value_t = Read::Auto)]
     pub read: Read,
