@@ -351,6 +351,7 @@ fn a_template_export_beside_a_live_incremental_run_leaves_its_commit_alone() {
     db.settle();
     let dir = scratch();
     let template = "exports/events_{time}.csv";
+    std::fs::create_dir_all(dir.path().join("exports")).unwrap();
     let live = spawn_stopped_at(
         &mut run_cmd(dir.path(), &db, &["-q", "-o", template]),
         "commit.staged",

@@ -144,34 +144,22 @@ impl DatasetSink {
         match self.by {
             PartitionBy::Day | PartitionBy::Month => {
                 let stamps = array.as_primitive::<TimestampMicrosecondType>();
-                let name = match self.by {
-                    PartitionBy::Day => "date",
-                    _ => "month",
-                };
                 let mut previous = None;
                 for row in 0..batch.num_rows() {
-                    // A NULL timestamp goes to Hive's NULL partition, not to 1970-01-01.
-                    let day = (!stamps.is_null(row)).then(|| stamps.value(row).div_euclid(DAY));
+                    let day = stamps.value(row).div_euclid(DAY);
                     if previous == Some(day) {
                         continue;
                     }
                     previous = Some(day);
-                    let value = match day {
-                        None => NULL_PARTITION.to_owned(),
-                        Some(day) => {
-                            let date = DateTime::from_timestamp_micros(day * DAY)
-                                .map(|t| t.date_naive())
-                                .context(
-                                    "a timestamp outside the calendar (infinity) cannot be \
-                                     partitioned",
-                                )?;
-                            match self.by {
-                                PartitionBy::Day => date.format("%Y-%m-%d").to_string(),
-                                _ => date.format("%Y-%m").to_string(),
-                            }
-                        }
+                    let date = DateTime::from_timestamp_micros(day * DAY)
+                        .map(|t| t.date_naive())
+                        .context(
+                            "a timestamp outside the calendar (infinity) cannot be partitioned",
+                        )?;
+                    let key = match self.by {
+                        PartitionBy::Day => format!("date={}", date.format("%Y-%m-%d")),
+                        _ => format!("month={}", date.format("%Y-%m")),
                     };
-                    let key = format!("{name}={value}");
                     if runs.last().is_none_or(|(_, k)| *k != key) {
                         runs.push((row, key));
                     }

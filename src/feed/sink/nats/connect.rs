@@ -47,8 +47,27 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// `url` (`nats://…` or `tls://…`), with the credentials the environment gives (`var`).
+    /// `url` (`nats://…` or `tls://…`), with the credentials the environment gives (`var`);
+    /// its secrets are masked in every line this process prints from now on.
     pub fn resolve(url: &str, var: impl Fn(&str) -> Option<String>) -> Result<Self, UsageError> {
+        let server = Self::parse(url, var)?;
+        // Whatever library's message carries them, no line shows them; as written in the URL
+        // too (percent-encoded).
+        match &server.auth {
+            Auth::UserPassword(_, secret) | Auth::Token(secret) => {
+                crate::error::keep_secret(secret)
+            }
+            _ => {}
+        }
+        let (_, rest) = url.split_once("://").unwrap_or(("", url));
+        if let Some((userinfo, _)) = rest.rsplit_once('@') {
+            crate::error::keep_secret(userinfo.split_once(':').map_or(userinfo, |(_, pass)| pass));
+        }
+        Ok(server)
+    }
+
+    /// [`Self::resolve`] without remembering the secrets: the parse alone.
+    fn parse(url: &str, var: impl Fn(&str) -> Option<String>) -> Result<Self, UsageError> {
         let shown = crate::error::masked_url(url);
         let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
         let (userinfo, host) = match rest.rsplit_once('@') {
@@ -92,17 +111,6 @@ impl Server {
                 },
             },
         };
-        // Whatever library's message carries them, no line shows them.
-        match &auth {
-            Auth::UserPassword(_, secret) | Auth::Token(secret) => {
-                crate::error::keep_secret(secret)
-            }
-            _ => {}
-        }
-        // As written in the URL too (percent-encoded).
-        if let Some(raw) = userinfo.map(|u| u.split_once(':').map_or(u, |(_, pass)| pass)) {
-            crate::error::keep_secret(raw);
-        }
         let client_cert = match (var("NATS_CERT"), var("NATS_KEY")) {
             (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
             (None, None) => None,
@@ -171,14 +179,14 @@ mod tests {
 
     #[test]
     fn credentials_come_from_the_url_or_the_environment_and_are_never_shown() {
-        let server = Server::resolve("nats://hub:s%40cret@127.0.0.1:4222", none).unwrap();
+        let server = Server::parse("nats://hub:s%40cret@127.0.0.1:4222", none).unwrap();
         assert_eq!(server.address, "nats://127.0.0.1:4222");
         assert_eq!(server.shown, "nats://********@127.0.0.1:4222");
         assert_eq!(
             server.auth,
             Auth::UserPassword("hub".into(), "s@cret".into())
         );
-        let server = Server::resolve("tls://T0KEN@nats.example:4443", none).unwrap();
+        let server = Server::parse("tls://T0KEN@nats.example:4443", none).unwrap();
         assert_eq!(server.auth, Auth::Token("T0KEN".into()));
         assert_eq!(server.address, "tls://nats.example:4443");
         assert!(!format!("{server:?}").contains("T0KEN"));
@@ -187,13 +195,13 @@ mod tests {
             "NATS_CA" => Some("/etc/ca.pem".to_owned()),
             _ => None,
         };
-        let server = Server::resolve("nats://127.0.0.1:4222", env).unwrap();
+        let server = Server::parse("nats://127.0.0.1:4222", env).unwrap();
         assert_eq!(server.auth, Auth::Creds("/etc/hub.creds".into()));
         assert_eq!(server.ca, Some("/etc/ca.pem".into()));
         let both = |name: &str| {
             matches!(name, "NATS_TOKEN" | "NATS_CREDS").then(|| "s3cret-value".to_owned())
         };
-        let refused = Server::resolve("nats://h:1", both).unwrap_err().0;
+        let refused = Server::parse("nats://h:1", both).unwrap_err().0;
         assert!(!refused.contains("s3cret"), "{refused}");
         for bad in [
             "nats://",
@@ -201,7 +209,7 @@ mod tests {
             "nats://h:1/path",
             "nats://u:p@h 1",
         ] {
-            let refused = Server::resolve(bad, none).unwrap_err().0;
+            let refused = Server::parse(bad, none).unwrap_err().0;
             assert!(!refused.contains("u:p"), "{refused}");
         }
     }
@@ -216,7 +224,7 @@ mod tests {
                 format!("tls://{secret}@{rest}"),
                 rest.clone(),
             ] {
-                let shown = match Server::resolve(&url, none) {
+                let shown = match Server::parse(&url, none) {
                     Ok(server) => format!("{} {server:?}", server.shown),
                     Err(refused) => refused.0,
                 };
