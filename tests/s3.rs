@@ -71,14 +71,29 @@ impl Server {
         }
     }
 
+    fn lines(&self, args: &[&str]) -> Vec<String> {
+        let out = self.client(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
     /// Keys under `prefix`.
     fn list(&self, prefix: &str) -> Vec<String> {
-        leftovers::s3_lines(&["list", prefix])
+        self.lines(&["list", prefix])
     }
 
     /// Keys of incomplete multipart uploads under `prefix`.
     fn uploads(&self, prefix: &str) -> Vec<String> {
-        leftovers::s3_lines(&["uploads", prefix])
+        self.lines(&["uploads", prefix])
     }
 }
 
