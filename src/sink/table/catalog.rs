@@ -232,7 +232,10 @@ pub fn table(
     let shown = super::dotted(ident);
     let wanted = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
         .context("the event model as an Iceberg schema")?;
-    let existing = |table: Table| super::existing::check(table, &wanted, layout, &shown);
+    let (column, _, transform) = layout.partition;
+    let existing = |table: Table| {
+        super::existing::check(table, &wanted, (column, transform), layout.chosen, &shown)
+    };
     runtime()
         .block_on(async {
             if catalog.table_exists(ident).await? {

@@ -6,20 +6,20 @@
 //! anything is read.
 
 use anyhow::{bail, Result};
+use iceberg::spec::Transform;
 use iceberg::table::Table;
 
-use super::catalog::Layout;
 use crate::error::UsageError;
 
-/// An existing table, if it holds the columns export-events writes and (when the user chose a
-/// partitioning) is partitioned so.
+/// An existing table, if it holds the columns export-events writes and, when the user chose a
+/// partitioning (`chosen`), is partitioned by `column` and `transform`.
 pub fn check(
     table: Table,
     wanted: &iceberg::spec::Schema,
-    layout: Layout,
+    (column, transform): (&str, Transform),
+    chosen: bool,
     shown: &str,
 ) -> Result<Table> {
-    let (column, _, transform) = layout.partition;
     check_columns(&table, wanted, shown)?;
     let have = table.metadata();
     let source = have.current_schema().field_id_by_name(column);
@@ -28,7 +28,7 @@ pub fn check(
         .fields()
         .iter()
         .any(|f| Some(f.source_id) == source && f.transform == transform);
-    if layout.chosen && !same {
+    if chosen && !same {
         bail!(UsageError(format!(
             "table {shown} is partitioned as {:?}, not by {column} {transform}: drop \
              --partition-by (the table's own partitioning is used) or export to a new table",
