@@ -456,6 +456,37 @@ fn a_table_another_engine_evolved_gets_each_value_in_its_column_or_a_refusal() {
     }
 }
 
+/// Another engine's maintenance: a compaction (pyiceberg rewrites the table's rows in one
+/// overwrite) and then the expiry of every older snapshot, the ones whose summaries held the
+/// cursor. The cursor is also in the table's properties, so the next run goes on from it: each
+/// change once, nothing exported again.
+#[test]
+fn compaction_and_snapshot_expiry_by_another_engine_keep_the_cursor() {
+    let db = TestDb::generated("ice_maintained", 1_000);
+    db.settle();
+    let lake = Lake::sqlite();
+    lake.export(&db, "hub.versions", &["--incremental"])
+        .success();
+    lake.pyiceberg(
+        "hub.versions",
+        "t.overwrite(t.scan().to_arrow())\n\
+         t = t.refresh()\n\
+         old = [s.snapshot_id for s in t.metadata.snapshots if s.snapshot_id != t.current_snapshot().snapshot_id]\n\
+         t.maintenance.expire_snapshots().by_ids(old).commit()\n\
+         print(len(t.refresh().metadata.snapshots))",
+    );
+    db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 10 = 0");
+    db.settle();
+    let second = lake
+        .export(&db, "hub.versions", &["--incremental"])
+        .success();
+    assert!(second.stdout.starts_with("Exported 100 events"), "{second}");
+    let table = lake.read("hub.versions", None);
+    let (pairs, latest) = versions(&table);
+    assert_eq!(pairs.len(), 1_100, "each change once");
+    assert_eq!(latest, events_in_postgres(&db, None));
+}
+
 /// Incremental runs stopped at every point, with both signals: across all runs each change is
 /// in the table once, and the newest versions are the table.
 #[test]

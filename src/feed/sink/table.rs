@@ -213,29 +213,19 @@ fn held(table: &Table, scope: &str, output: &TableOutput) -> Result<Lsn> {
     let mut at = metadata.current_snapshot();
     while let Some(snapshot) = at {
         let properties = &snapshot.summary().additional_properties;
-        if let Some(feed) = properties.get(FEED) {
-            if feed != scope {
-                anyhow::bail!(UsageError(format!(
-                    "table {} holds the changes of another feed ({feed:?}; this one is \
-                     {scope:?}: server-database-slot): give each database and slot a table of \
-                     its own",
-                    output.shown()
-                )));
-            }
-            let to = properties.get(LSN_TO).map(String::as_str).unwrap_or("");
-            return to.parse().map_err(|_| {
-                UsageError(format!(
-                    "table {}: snapshot {} has an unreadable {LSN_TO} {to:?}; was the summary \
-                     edited? Give the feed a new table",
-                    output.shown(),
-                    snapshot.snapshot_id()
-                ))
-                .into()
-            });
+        let place = || format!("snapshot {}", snapshot.snapshot_id());
+        if let Some(end) = read_end(properties, &place, scope, output)? {
+            return Ok(end);
         }
         at = snapshot
             .parent_snapshot_id()
             .and_then(|id| metadata.snapshot_by_id(id));
+    }
+    // Every snapshot of the feed expired by another engine: the table's properties, which
+    // each batch's commit sets too.
+    let place = || "its properties".to_owned();
+    if let Some(end) = read_end(metadata.properties(), &place, scope, output)? {
+        return Ok(end);
     }
     if let Some((rows, _)) = rows_in(table) {
         anyhow::bail!(UsageError(format!(
@@ -247,6 +237,37 @@ fn held(table: &Table, scope: &str, output: &TableOutput) -> Result<Lsn> {
         )));
     }
     Ok(Lsn(0))
+}
+
+/// Where this feed's changes end by `properties` (a snapshot's summary, or the table's
+/// properties: `place`), if they name a feed: another feed's is refused, and so is an end that
+/// does not parse.
+fn read_end(
+    properties: &HashMap<String, String>,
+    place: &dyn Fn() -> String,
+    scope: &str,
+    output: &TableOutput,
+) -> Result<Option<Lsn>> {
+    let Some(feed) = properties.get(FEED) else {
+        return Ok(None);
+    };
+    if feed != scope {
+        anyhow::bail!(UsageError(format!(
+            "table {} holds the changes of another feed ({feed:?}; this one is {scope:?}: \
+             server-database-slot): give each database and slot a table of its own",
+            output.shown()
+        )));
+    }
+    let to = properties.get(LSN_TO).map(String::as_str).unwrap_or("");
+    let end = to.parse().map_err(|_| {
+        UsageError(format!(
+            "table {}: {} has an unreadable {LSN_TO} {to:?}; was it edited? Give the feed a new \
+             table",
+            output.shown(),
+            place()
+        ))
+    })?;
+    Ok(Some(end))
 }
 
 /// A batch of changes on its way into the table.
@@ -311,11 +332,13 @@ impl ChangeBatch for TableBatch<'_> {
             this.record.abandon(&this.table);
             return Ok(format!("{shown}, nothing new{skipped}"));
         }
-        let summary = HashMap::from([
-            (FEED.to_owned(), feed.scope.clone()),
-            (LSN_FROM.to_owned(), this.from.to_string()),
-            (LSN_TO.to_owned(), to.to_string()),
-        ]);
+        let said = commit::Said {
+            summary: HashMap::from([(LSN_FROM.to_owned(), this.from.to_string())]),
+            cursor: HashMap::from([
+                (FEED.to_owned(), feed.scope.clone()),
+                (LSN_TO.to_owned(), to.to_string()),
+            ]),
+        };
         let snapshot = commit::commit_run(
             feed.catalog.as_ref(),
             &this.table,
@@ -323,7 +346,7 @@ impl ChangeBatch for TableBatch<'_> {
             this.record,
             files,
             this.rows,
-            summary,
+            said,
         )?;
         feed.held.set(to);
         Ok(format!("snapshot {snapshot} of {shown}{skipped}"))

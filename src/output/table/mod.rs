@@ -189,12 +189,17 @@ impl Output for TableOut<'_> {
         if files.is_empty() {
             return Ok(vec![format!("{shown} (nothing to add)")]);
         }
-        let mut summary = summary::of_run(
+        let summary = summary::of_run(
             facts.since,
             facts.identity.as_ref(),
             facts.snapshot.as_deref(),
         )?;
-        summary.extend(facts.cursor.clone());
+        // The cursor is the horizon and the source it belongs to.
+        let mut cursor = facts.cursor.clone();
+        if let (false, Some(source)) = (cursor.is_empty(), summary.get(summary::SOURCE)) {
+            cursor.insert(summary::SOURCE.to_owned(), source.clone());
+        }
+        let said = commit::Said { summary, cursor };
         let record = self.record.take().context("the run is recorded")?;
         let snapshot = commit::commit_run(
             self.catalog()?,
@@ -203,7 +208,7 @@ impl Output for TableOut<'_> {
             record,
             files,
             facts.rows,
-            summary,
+            said,
         )?;
         Ok(vec![format!("{shown} (snapshot {snapshot})")])
     }

@@ -1,8 +1,9 @@
 //! What export-events writes in a table's snapshot summaries, beside Iceberg's own counts, and
 //! reads back: the run's source and PostgreSQL snapshot, `--since`, and for incremental runs the
 //! cursor (the snapshot horizon), committed with the rows so that no state file can disagree
-//! with the table. Summaries are read back, so a value that does not parse is refused in one
-//! line, never guessed at.
+//! with the table (and, in the same commit, in the table's properties, where it outlives
+//! snapshots another engine expires). Summaries are read back, so a value that does not parse
+//! is refused in one line, never guessed at.
 
 use std::collections::HashMap;
 
@@ -37,31 +38,24 @@ pub fn of_run(
 
 /// The cursor of incremental runs: the horizon and source in the summary of the newest snapshot
 /// that has one, walking back from the current snapshot (other writers' snapshots, such as a
-/// compaction's, may follow it). `None` for an empty table; a table with rows but no cursor was
-/// not written by incremental runs and is refused.
+/// compaction's, may follow it); when another engine expired every snapshot that had one, the
+/// table's properties, which each run's commit sets too. `None` for an empty table; a table
+/// with rows but no cursor was not written by incremental runs and is refused.
 pub fn cursor(table: &Table, shown: &str) -> Result<Option<(u64, Identity)>> {
     let metadata = table.metadata();
     let mut at = metadata.current_snapshot();
     while let Some(snapshot) = at {
         let properties = &snapshot.summary().additional_properties;
-        if let Some(horizon) = properties.get(HORIZON) {
-            let bad = || {
-                UsageError(format!(
-                    "table {shown}: snapshot {} has an unreadable export-events cursor ({HORIZON} \
-                     {horizon:?}); was the summary edited? Export to a new table",
-                    snapshot.snapshot_id()
-                ))
-            };
-            let horizon: u64 = horizon.parse().map_err(|_| bad())?;
-            let identity = properties
-                .get(SOURCE)
-                .and_then(|s| serde_json::from_str(s).ok())
-                .ok_or_else(bad)?;
-            return Ok(Some((horizon, identity)));
+        let place = || format!("snapshot {}", snapshot.snapshot_id());
+        if let Some(found) = read_cursor(properties, &place, shown)? {
+            return Ok(Some(found));
         }
         at = snapshot
             .parent_snapshot_id()
             .and_then(|id| metadata.snapshot_by_id(id));
+    }
+    if let Some(found) = read_cursor(metadata.properties(), &|| "its properties".into(), shown)? {
+        return Ok(Some(found));
     }
     if let Some((rows, _)) = rows_in(table) {
         bail!(UsageError(format!(
@@ -71,4 +65,29 @@ pub fn cursor(table: &Table, shown: &str) -> Result<Option<(u64, Identity)>> {
         )));
     }
     Ok(None)
+}
+
+/// The cursor in `properties` (a snapshot's summary, or the table's properties: `place`), if
+/// they hold one; one that does not parse is refused.
+fn read_cursor(
+    properties: &HashMap<String, String>,
+    place: &dyn Fn() -> String,
+    shown: &str,
+) -> Result<Option<(u64, Identity)>> {
+    let Some(horizon) = properties.get(HORIZON) else {
+        return Ok(None);
+    };
+    let bad = || {
+        UsageError(format!(
+            "table {shown}: {} has an unreadable export-events cursor ({HORIZON} {horizon:?}); \
+             was it edited? Export to a new table",
+            place()
+        ))
+    };
+    let horizon: u64 = horizon.parse().map_err(|_| bad())?;
+    let identity = properties
+        .get(SOURCE)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(bad)?;
+    Ok(Some((horizon, identity)))
 }

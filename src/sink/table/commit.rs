@@ -20,12 +20,21 @@ use super::pending::{Record, RUN_PROPERTY};
 use crate::runtime::runtime;
 use crate::{cancel, fault};
 
+/// What a run says in its snapshot besides Iceberg's counts: its summary, and its cursor (where
+/// the next run resumes), which goes in the summary and, in the same commit, in the table's
+/// properties too: another engine's maintenance may expire the snapshot (its summary goes with
+/// it), but not the properties.
+pub struct Said {
+    pub summary: HashMap<String, String>,
+    pub cursor: HashMap<String, String>,
+}
+
 /// The end of every run into a table, export or change batch: its data files `files` (`rows`
 /// rows, written in `record`'s folder) become one snapshot of `table` if it is still at
-/// `base`, with `summary` plus what every export-events snapshot says (the run, its rows, the
-/// version). A signal before the commit stops the run and removes the files; a failed commit
-/// leaves the record, for the next run to settle; once the commit is made, it completes.
-/// Returns the snapshot's id.
+/// `base`, with what the run `said` plus what every export-events snapshot says (the run, its
+/// rows, the version). A signal before the commit stops the run and removes the files; a failed
+/// commit leaves the record, for the next run to settle; once the commit is made, it
+/// completes. Returns the snapshot's id.
 pub fn commit_run(
     catalog: &dyn Catalog,
     table: &Table,
@@ -33,8 +42,13 @@ pub fn commit_run(
     record: Record,
     files: Vec<DataFile>,
     rows: u64,
-    mut summary: HashMap<String, String>,
+    said: Said,
 ) -> Result<i64> {
+    let Said {
+        mut summary,
+        cursor,
+    } = said;
+    summary.extend(cursor.clone());
     fault::point("table.files-written");
     // The last moment a signal stops the run: from here the commit completes.
     if let Err(e) = cancel::check() {
@@ -49,21 +63,23 @@ pub fn commit_run(
             env!("CARGO_PKG_VERSION").to_owned(),
         ),
     ]);
-    let snapshot = append(catalog, table, base, files, summary)?;
+    let snapshot = append(catalog, table, base, files, summary, cursor)?;
     cancel::committed();
     fault::point("table.committed");
     record.finish()?;
     Ok(snapshot)
 }
 
-/// Appends `files` as one snapshot with `summary` in its summary, if the table's current
-/// snapshot is still `base` (what the run read its state from); returns the new snapshot's id.
+/// Appends `files` as one snapshot with `summary` in its summary, and `properties` set on the
+/// table in the same commit, if the table's current snapshot is still `base` (what the run read
+/// its state from); returns the new snapshot's id.
 fn append(
     catalog: &dyn Catalog,
     table: &Table,
     base: Option<i64>,
     files: Vec<DataFile>,
     summary: HashMap<String, String>,
+    properties: HashMap<String, String>,
 ) -> Result<i64> {
     let shown = super::dotted(table.identifier());
     let guarded = Expecting {
@@ -77,7 +93,14 @@ fn append(
         .add_data_files(files)
         .set_snapshot_properties(summary);
     let committed = runtime().block_on(async {
-        let transaction = action.apply(transaction)?;
+        let mut transaction = action.apply(transaction)?;
+        if !properties.is_empty() {
+            let mut update = transaction.update_table_properties();
+            for (key, value) in properties {
+                update = update.set(key, value);
+            }
+            transaction = update.apply(transaction)?;
+        }
         transaction.commit(&guarded).await
     });
     match committed {
