@@ -585,3 +585,83 @@ fn a_nats_server_with_authentication_takes_the_feed_and_no_line_shows_its_secret
     )
     .success();
 }
+
+/// The other ways a production NATS server lets a client in: an NKey user (the seed in a file,
+/// `NATS_NKEY`) over TLS (`tls://`, the server's CA in `NATS_CA`). Without the CA, or without the
+/// key, the run is refused in one line; with both, the feed is published, and the seed is never
+/// shown.
+#[test]
+fn a_nats_server_with_an_nkey_user_over_tls_takes_the_feed() {
+    let db = TestDb::sample("feed_nkey");
+    let dir = scratch();
+    let (slot, created) = create_with_initial(&db, dir.path(), "initial.csv");
+    created.success();
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let seed_file = dir.path().join("user.nk");
+    std::fs::write(&seed_file, &seed).unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    // The test cluster's server certificate is for localhost and 127.0.0.1.
+    let cluster = setting("EXPORT_EVENTS_TEST_CLUSTER");
+    let (cert, key) = (
+        format!("{cluster}/server.crt"),
+        format!("{cluster}/server.key"),
+    );
+    let server = NatsServer::start(&[
+        "-c",
+        &config.display().to_string(),
+        "--tls",
+        "--tlscert",
+        &cert,
+        "--tlskey",
+        &key,
+    ]);
+    let ca = setting("EXPORT_EVENTS_TEST_CA");
+    let seed_path = seed_file.display().to_string();
+    let feed = |env: &[(&str, &str)]| {
+        let url = format!("tls://127.0.0.1:{}", server.port);
+        let mut cmd = slot.changes(
+            dir.path(),
+            &["--to", &url, "--subject", "k.changes", "--create-stream"],
+        );
+        for name in [
+            "NATS_USER",
+            "NATS_PASSWORD",
+            "NATS_TOKEN",
+            "NATS_CREDS",
+            "NATS_NKEY",
+        ] {
+            cmd.env_remove(name);
+        }
+        cmd.envs(env.iter().copied());
+        let run = Run::of(&mut cmd);
+        assert!(
+            !run.stdout.contains(&seed) && !run.stderr.contains(&seed),
+            "the seed shown\n{run}"
+        );
+        run
+    };
+    let untrusted = feed(&[("NATS_NKEY", &seed_path)]);
+    assert_ne!(untrusted.code, Some(0), "{untrusted}");
+    assert_eq!(untrusted.stderr.trim().lines().count(), 1, "{untrusted}");
+    let refused = feed(&[("NATS_CA", &ca)]);
+    assert!(
+        refused.stderr.contains("authorization violation"),
+        "{refused}"
+    );
+    db.sql(WRITES[0]);
+    let run = feed(&[("NATS_CA", &ca), ("NATS_NKEY", &seed_path)]).success();
+    assert!(
+        run.stdout
+            .starts_with("Wrote 2 changes to k.changes (tls://127.0.0.1:"),
+        "{run}"
+    );
+}
