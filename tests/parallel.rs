@@ -86,3 +86,37 @@ fn a_killed_parallel_read_leaves_spools_the_next_run_removes() {
     let db = TestDb::generated_as("par_kill", "ordered", ROWS);
     killed_run_is_cleaned_up(&db, &["--jobs", "2", "--read", "index"], "stream.batch");
 }
+
+/// Statistics whose bounds lie past chrono's years (PostgreSQL keeps timestamps up to 294276 AD):
+/// the windowed plan cuts its queries there, and once panicked writing those bounds.
+#[test]
+fn windows_cut_past_chronos_years_write_the_serial_plans_bytes() {
+    let db = TestDb::sample("par_far_years");
+    db.sql(
+        "ALTER TABLE events SET (autovacuum_enabled = false); \
+         INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
+         SELECT TIMESTAMPTZ '262200-01-01 00:00:00+00' + i * INTERVAL '1 day', now(), \
+                1 + i % 3, i % 2 = 0 \
+         FROM generate_series(1, 2000) AS i; \
+         ANALYZE events; \
+         UPDATE pg_class SET reltuples = 1e7 WHERE oid = 'events'::regclass",
+    );
+    let dir = scratch();
+    export_pair(dir.path(), &db, &["--jobs", "1", "-q", "-o", "serial.csv"]);
+    let run = export_pair(
+        dir.path(),
+        &db,
+        &["--jobs", "2", "--read", "index", "-o", "windows.csv"],
+    );
+    assert!(run.stderr.contains("time windows"), "{run}");
+    assert!(
+        std::fs::read(dir.path().join("serial.csv")).unwrap()
+            == std::fs::read(dir.path().join("windows.csv")).unwrap(),
+        "the same CSV bytes"
+    );
+    assert!(
+        parquet_values(&dir.path().join("serial.parquet"))
+            == parquet_values(&dir.path().join("windows.parquet")),
+        "the same Parquet values"
+    );
+}
