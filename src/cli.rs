@@ -380,23 +380,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    // A plain number, or a decimal one such as 1.5 (of a unit: a fraction of a byte rounds).
-    let bytes = match number.split_once('.') {
-        None => number
+    // A whole number, or a decimal one such as 1.5 (digits and dots only, so Rust's float
+    // parser refuses `1.2.3` and `.`; a fraction of a byte rounds).
+    let bytes = match number.contains('.') {
+        false => number
             .parse::<u64>()
             .ok()
             .and_then(|n| n.checked_mul(scale)),
-        Some((whole, fraction))
-            if !fraction.contains('.') && (!whole.is_empty() || !fraction.is_empty()) =>
-        {
-            format!("{}.{fraction}", if whole.is_empty() { "0" } else { whole })
-                .parse::<f64>()
-                .ok()
-                .map(|n| (n * scale as f64).round())
-                .filter(|b| b.is_finite() && *b < u64::MAX as f64)
-                .map(|b| b as u64)
-        }
-        Some(_) => None,
+        true => number
+            .parse::<f64>()
+            .ok()
+            .map(|n| (n * scale as f64).round())
+            .filter(|b| *b < u64::MAX as f64)
+            .map(|b| b as u64),
     }
     .ok_or_else(|| format!("{text:?} is not a size: write it as 256MB, 1.5GB or 1GB"))?;
     if bytes < 16_000_000 {

@@ -72,10 +72,6 @@ pub fn apply(
         let found = Manifest::read(&manifest).ok()?;
         Some((stamp, manifest, found))
     });
-    // This run's files are never deleted, whatever another manifest lists.
-    let current_files = Manifest::read(current)
-        .and_then(|found| found.file_keys(current))
-        .unwrap_or_default();
     // Every run to delete is checked before the first deletion: a manifest naming anything
     // outside its own run stops retention with nothing deleted.
     let mut doomed = Vec::new();
@@ -89,7 +85,7 @@ pub fn apply(
             _ => false,
         };
         if beyond_count || too_old {
-            let files = run_files(&found, &manifest, prefix, &stamp, &current_files)?;
+            let files = run_files(&found, &manifest, prefix, &stamp)?;
             doomed.push((manifest, found, files, too_old));
         }
     }
@@ -118,15 +114,15 @@ fn output_of(manifest: &str) -> String {
 }
 
 /// The files a run's manifest lists, if every one is a file of that run (named after the
-/// template with the manifest's own stamp, inside the folder, through no symlink) and none is
-/// one of `current` (this run's); a manifest naming anything else is refused whole and nothing
-/// of its run is deleted.
+/// template with the manifest's own stamp, inside the folder, through no symlink); a manifest
+/// naming anything else is refused whole and nothing of its run is deleted. That also keeps
+/// this run's files, whatever another manifest lists: they carry this run's stamp, and the one
+/// manifest of the template with that stamp is this run's, never taken for an old one.
 fn run_files(
     found: &Manifest,
     manifest: &Location,
     prefix: &str,
     stamp: &str,
-    current: &[String],
 ) -> Result<Vec<String>> {
     let files = found.file_keys(manifest)?;
     let of_this_run = |path: &str| {
@@ -136,13 +132,12 @@ fn run_files(
             .and_then(split_stamp)
             .is_some_and(|(own, _)| own == stamp)
     };
-    let foreign = found
+    if let Some(path) = found
         .files
         .iter()
         .map(|entry| entry.path.as_str())
-        .zip(&files)
-        .find(|(path, key)| !of_this_run(path) || current.contains(key));
-    if let Some((path, _)) = foreign {
+        .find(|path| !of_this_run(path))
+    {
         anyhow::bail!(crate::error::UsageError(format!(
             "{} lists {path}, which is not a file of its run: not deleting that run (remove the \
              manifest if it is not export-events')",

@@ -133,10 +133,8 @@ impl ChangeSink for Open<'_> {
             .store()
             .list(at.key())?
             .iter()
-            .filter_map(|name| name.strip_prefix("changes_")?.get(17..33))
-            .filter_map(|to| u64::from_str_radix(to, 16).ok())
-            .max()
-            .map(Lsn))
+            .filter_map(|name| range_of(name)?.1)
+            .max())
     }
 
     /// Removes the files (and partial files) of runs that wrote changes from `from` on but were
@@ -147,11 +145,7 @@ impl ChangeSink for Open<'_> {
     fn prepare(&self, from: Lsn) -> Result<()> {
         let at = &self.folder.folder.at;
         let unconfirmed = |name: &str| {
-            let name = name.strip_prefix('.').unwrap_or(name);
-            name.strip_prefix("changes_")
-                .and_then(|rest| rest.get(..16))
-                .and_then(|start| u64::from_str_radix(start, 16).ok())
-                .is_some_and(|start| start >= from.0)
+            range_of(name.strip_prefix('.').unwrap_or(name)).is_some_and(|(start, _)| start >= from)
         };
         let store = at.store();
         for name in store.list(at.key())? {
@@ -176,6 +170,18 @@ fn name(from: Lsn, to: Lsn, format: &Format, encoding: &Encoding) -> String {
         to.0,
         format.file_extension(encoding)
     )
+}
+
+/// The LSN range a change file's name gives (`changes_<from>_<to>.…`, as [`name`] makes it):
+/// its start, and its end where the name has one (a staged file's provisional name may not).
+fn range_of(name: &str) -> Option<(Lsn, Option<Lsn>)> {
+    let rest = name.strip_prefix("changes_")?;
+    let hex = |digits: Option<&str>| {
+        digits
+            .and_then(|d| u64::from_str_radix(d, 16).ok())
+            .map(Lsn)
+    };
+    Some((hex(rest.get(..16))?, hex(rest.get(17..33))))
 }
 
 /// The change files of one batch of transactions, being written as the changes stream in:
@@ -275,5 +281,35 @@ impl Changes for ChangeFiles {
 
     fn rows(&self) -> u64 {
         self.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_files_name_gives_its_range() {
+        let named = format!(
+            "changes_{:016X}_{:016X}.csv.gz",
+            0x16_B374_D848_u64, 0x17_u64
+        );
+        assert_eq!(
+            range_of(&named),
+            Some((Lsn(0x16_B374_D848), Some(Lsn(0x17))))
+        );
+        // A staged file's provisional name has a start only.
+        assert_eq!(
+            range_of("changes_0000000000000010_.csv.ABC123"),
+            Some((Lsn(0x10), None))
+        );
+        for other in [
+            "changes_x",
+            ".changes_0000000000000010_",
+            "slot.json",
+            "changes_",
+        ] {
+            assert_eq!(range_of(other), None, "{other}");
+        }
     }
 }

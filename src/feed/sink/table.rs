@@ -205,26 +205,12 @@ impl ChangeSink for TableFeed<'_> {
 
 /// Where the table holds this feed's changes up to: the end of the newest snapshot that has a
 /// feed, walking back from the current one (another writer's snapshot, such as a compaction's,
-/// may follow it). An empty table holds none; a table with rows but no feed's snapshot, or
+/// may follow it), else the table's properties (`commit::read_back`). An empty table holds none; a table with rows but no feed's snapshot, or
 /// another feed's, is refused. Summaries are read back, so a value that does not parse is
 /// refused in one line, never guessed at.
 fn held(table: &Table, scope: &str, output: &TableOutput) -> Result<Lsn> {
-    let metadata = table.metadata();
-    let mut at = metadata.current_snapshot();
-    while let Some(snapshot) = at {
-        let properties = &snapshot.summary().additional_properties;
-        let place = || format!("snapshot {}", snapshot.snapshot_id());
-        if let Some(end) = read_end(properties, &place, scope, output)? {
-            return Ok(end);
-        }
-        at = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id));
-    }
-    // Every snapshot of the feed expired by another engine: the table's properties, which
-    // each batch's commit sets too.
-    let place = || "its properties".to_owned();
-    if let Some(end) = read_end(metadata.properties(), &place, scope, output)? {
+    if let Some(end) = commit::read_back(table, |said, place| read_end(said, place, scope, output))?
+    {
         return Ok(end);
     }
     if let Some((rows, _)) = rows_in(table) {

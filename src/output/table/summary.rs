@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use iceberg::table::Table;
 
 use crate::error::UsageError;
+use crate::sink::table::commit::read_back;
 use crate::sink::table::{holds, rows_in};
 use crate::source::identity::Identity;
 
@@ -42,19 +43,7 @@ pub fn of_run(
 /// table's properties, which each run's commit sets too. `None` for an empty table; a table
 /// with rows but no cursor was not written by incremental runs and is refused.
 pub fn cursor(table: &Table, shown: &str) -> Result<Option<(u64, Identity)>> {
-    let metadata = table.metadata();
-    let mut at = metadata.current_snapshot();
-    while let Some(snapshot) = at {
-        let properties = &snapshot.summary().additional_properties;
-        let place = || format!("snapshot {}", snapshot.snapshot_id());
-        if let Some(found) = read_cursor(properties, &place, shown)? {
-            return Ok(Some(found));
-        }
-        at = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id));
-    }
-    if let Some(found) = read_cursor(metadata.properties(), &|| "its properties".into(), shown)? {
+    if let Some(found) = read_back(table, |said, place| read_cursor(said, place, shown))? {
         return Ok(Some(found));
     }
     if let Some((rows, _)) = rows_in(table) {

@@ -29,6 +29,28 @@ pub struct Said {
     pub cursor: HashMap<String, String>,
 }
 
+/// What runs said, read back: `read` applied to each snapshot's summary, newest first through
+/// the parents (another writer's snapshot, such as a compaction's, may follow ours), then to
+/// the table's properties, where the cursor outlives snapshots another engine expired; the
+/// first it finds. `read` is told where it reads, for its messages.
+pub fn read_back<T>(
+    table: &Table,
+    read: impl Fn(&HashMap<String, String>, &dyn Fn() -> String) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let metadata = table.metadata();
+    let mut at = metadata.current_snapshot();
+    while let Some(snapshot) = at {
+        let place = || format!("snapshot {}", snapshot.snapshot_id());
+        if let Some(found) = read(&snapshot.summary().additional_properties, &place)? {
+            return Ok(Some(found));
+        }
+        at = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id));
+    }
+    read(metadata.properties(), &|| "its properties".to_owned())
+}
+
 /// The end of every run into a table, export or change batch: its data files `files` (`rows`
 /// rows, written in `record`'s folder) become one snapshot of `table` if it is still at
 /// `base`, with what the run `said` plus what every export-events snapshot says (the run, its
