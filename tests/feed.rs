@@ -495,6 +495,35 @@ fn a_change_the_stream_refuses_mid_chunk_is_published_again_never_skipped() {
     );
 }
 
+/// `changes` of `slot` to the NATS server `url` on `subject`, logging in with `env` only (none
+/// of the test's own NATS_* variables), and no line may show `secret`.
+fn feed_nats(
+    slot: &Slot,
+    dir: &Path,
+    url: &str,
+    subject: &str,
+    env: &[(&str, &str)],
+    secret: &str,
+) -> Run {
+    let mut cmd = slot.changes(dir, &["--to", url, "--subject", subject, "--create-stream"]);
+    for name in [
+        "NATS_USER",
+        "NATS_PASSWORD",
+        "NATS_TOKEN",
+        "NATS_CREDS",
+        "NATS_NKEY",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied());
+    let run = Run::of(&mut cmd);
+    assert!(
+        !run.stdout.contains(secret) && !run.stderr.contains(secret),
+        "a secret shown\n{run}"
+    );
+    run
+}
+
 /// NATS servers as production runs them ask for credentials: a user and password, or a token,
 /// in the URL or in the variables the `nats` CLI reads. The feed logs in with each, and no line
 /// (refusal or success) shows a secret.
@@ -507,22 +536,7 @@ fn a_nats_server_with_authentication_takes_the_feed_and_no_line_shows_its_secret
     let users = NatsServer::start(&["--user", "hub", "--pass", "s3cret-pass"]);
     let tokens = NatsServer::start(&["--auth", "s3cret-token"]);
     let feed = |url: String, env: &[(&str, &str)], subject: &str| {
-        let mut cmd = slot.changes(
-            dir.path(),
-            &["--to", &url, "--subject", subject, "--create-stream"],
-        );
-        cmd.env_remove("NATS_USER")
-            .env_remove("NATS_PASSWORD")
-            .env_remove("NATS_TOKEN");
-        for (name, value) in env {
-            cmd.env(name, value);
-        }
-        let run = Run::of(&mut cmd);
-        assert!(
-            !run.stdout.contains("s3cret") && !run.stderr.contains("s3cret"),
-            "a secret shown\n{run}"
-        );
-        run
+        feed_nats(&slot, dir.path(), &url, subject, env, "s3cret")
     };
     // Without credentials, or with wrong ones: refused in one line.
     let refused = feed(format!("nats://127.0.0.1:{}", users.port), &[], "a.changes");
@@ -626,29 +640,8 @@ fn a_nats_server_with_an_nkey_user_over_tls_takes_the_feed() {
     ]);
     let ca = setting("EXPORT_EVENTS_TEST_CA");
     let seed_path = seed_file.display().to_string();
-    let feed = |env: &[(&str, &str)]| {
-        let url = format!("tls://127.0.0.1:{}", server.port);
-        let mut cmd = slot.changes(
-            dir.path(),
-            &["--to", &url, "--subject", "k.changes", "--create-stream"],
-        );
-        for name in [
-            "NATS_USER",
-            "NATS_PASSWORD",
-            "NATS_TOKEN",
-            "NATS_CREDS",
-            "NATS_NKEY",
-        ] {
-            cmd.env_remove(name);
-        }
-        cmd.envs(env.iter().copied());
-        let run = Run::of(&mut cmd);
-        assert!(
-            !run.stdout.contains(&seed) && !run.stderr.contains(&seed),
-            "the seed shown\n{run}"
-        );
-        run
-    };
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let feed = |env: &[(&str, &str)]| feed_nats(&slot, dir.path(), &url, "k.changes", env, &seed);
     let untrusted = feed(&[("NATS_NKEY", &seed_path)]);
     assert_ne!(untrusted.code, Some(0), "{untrusted}");
     assert_eq!(untrusted.stderr.trim().lines().count(), 1, "{untrusted}");

@@ -377,37 +377,53 @@ fn incremental_runs_append_each_change_once_with_the_cursor_in_the_table() {
         .failure(2, "give the incremental runs a table of their own");
 }
 
-/// Other engines maintain lake tables: a column order changed and a column added are honoured
-/// (values by name, nulls in the new column), and what cannot be honoured is refused in one line
-/// before anything is read.
-#[test]
-fn a_table_another_engine_evolved_gets_each_value_in_its_column_or_a_refusal() {
-    let db = TestDb::generated("ice_evolve", 2_000);
+/// Incremental runs into `hub.versions` of `rows` generated events, with another engine's work
+/// on the table (`work`) between the first run and the second: the second exports the tenth of
+/// the events changed meanwhile, each change is in the table once, and the newest versions are
+/// PostgreSQL's rows, every value in its column.
+fn another_engine_between_two_runs(
+    label: &str,
+    rows: usize,
+    work: impl FnOnce(&Lake),
+) -> (TestDb, Lake) {
+    let db = TestDb::generated(label, rows as u64);
     db.settle();
     let lake = Lake::sqlite();
     lake.export(&db, "hub.versions", &["--incremental"])
         .success();
-    lake.pyiceberg(
-        "hub.versions",
-        "with t.update_schema() as u:\n    \
-         u.move_before('trigger_device_id', 'trigger_telemetry_id')\n    \
-         u.move_first('acknowledged')\n    \
-         u.add_column('note', StringType())",
-    );
+    work(&lake);
     db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 10 = 0");
     db.settle();
     let second = lake
         .export(&db, "hub.versions", &["--incremental"])
         .success();
-    assert!(second.stdout.starts_with("Exported 200 events"), "{second}");
+    let changed = format!("Exported {} events", rows / 10);
+    assert!(second.stdout.starts_with(&changed), "{second}");
     let table = lake.read("hub.versions", None);
     let (pairs, latest) = versions(&table);
-    assert_eq!(pairs.len(), 2_200, "each change once");
+    assert_eq!(pairs.len(), rows + rows / 10, "each change once");
     assert_eq!(
         latest,
         events_in_postgres(&db, None),
         "every value in its column"
     );
+    (db, lake)
+}
+
+/// Other engines maintain lake tables: a column order changed and a column added are honoured
+/// (values by name, nulls in the new column), and what cannot be honoured is refused in one line
+/// before anything is read.
+#[test]
+fn a_table_another_engine_evolved_gets_each_value_in_its_column_or_a_refusal() {
+    let (db, lake) = another_engine_between_two_runs("ice_evolve", 2_000, |lake| {
+        lake.pyiceberg(
+            "hub.versions",
+            "with t.update_schema() as u:\n    \
+             u.move_before('trigger_device_id', 'trigger_telemetry_id')\n    \
+             u.move_first('acknowledged')\n    \
+             u.add_column('note', StringType())",
+        );
+    });
     let notes = lake.pyiceberg(
         "hub.versions",
         "a = t.scan().to_arrow()\nprint(a.num_rows, a['note'].null_count)",
@@ -462,29 +478,9 @@ fn a_table_another_engine_evolved_gets_each_value_in_its_column_or_a_refusal() {
 /// change once, nothing exported again.
 #[test]
 fn compaction_and_snapshot_expiry_by_another_engine_keep_the_cursor() {
-    let db = TestDb::generated("ice_maintained", 1_000);
-    db.settle();
-    let lake = Lake::sqlite();
-    lake.export(&db, "hub.versions", &["--incremental"])
-        .success();
-    lake.pyiceberg(
-        "hub.versions",
-        "t.overwrite(t.scan().to_arrow())\n\
-         t = t.refresh()\n\
-         old = [s.snapshot_id for s in t.metadata.snapshots if s.snapshot_id != t.current_snapshot().snapshot_id]\n\
-         t.maintenance.expire_snapshots().by_ids(old).commit()\n\
-         print(len(t.refresh().metadata.snapshots))",
-    );
-    db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 10 = 0");
-    db.settle();
-    let second = lake
-        .export(&db, "hub.versions", &["--incremental"])
-        .success();
-    assert!(second.stdout.starts_with("Exported 100 events"), "{second}");
-    let table = lake.read("hub.versions", None);
-    let (pairs, latest) = versions(&table);
-    assert_eq!(pairs.len(), 1_100, "each change once");
-    assert_eq!(latest, events_in_postgres(&db, None));
+    another_engine_between_two_runs("ice_maintained", 1_000, |lake| {
+        lake.compact_and_expire("hub.versions")
+    });
 }
 
 /// Incremental runs stopped at every point, with both signals: across all runs each change is

@@ -303,13 +303,7 @@ fn another_writer_on_the_change_table_neither_moves_values_nor_steers_the_feed()
 
     // Maintenance by another engine: a compaction, then every older snapshot expired (their
     // summaries held where the feed ends; the table's properties hold it too).
-    lake.pyiceberg(
-        "hub.changes",
-        "t.overwrite(t.scan().to_arrow())\n\
-         t = t.refresh()\n\
-         old = [s.snapshot_id for s in t.metadata.snapshots if s.snapshot_id != t.current_snapshot().snapshot_id]\n\
-         t.maintenance.expire_snapshots().by_ids(old).commit()",
-    );
+    lake.compact_and_expire("hub.changes");
     db.sql(WRITES[2]);
     Run::of(&mut lake.changes_cmd(&feed, "hub.changes", &["-q"])).success();
     let table = lake.read("hub.changes", None);

@@ -6,10 +6,32 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 
 /// Enough rows for the windowed plan (it starts at 500,000).
 const ROWS: u64 = 600_000;
+
+/// Exports into `dir` with the windowed plan (`--read index` and `args`) and checks that it
+/// was chosen and wrote the bytes and values of the serial export already in `dir`.
+fn windows_write_the_serial_plans(dir: &Path, db: &TestDb, args: &[&str], what: &str) {
+    let run = export_pair(
+        dir,
+        db,
+        &[&["--read", "index", "-o", "windows.csv"], args].concat(),
+    );
+    assert!(run.stderr.contains("time windows"), "{what}: {run}");
+    assert!(
+        std::fs::read(dir.join("serial.csv")).unwrap()
+            == std::fs::read(dir.join("windows.csv")).unwrap(),
+        "{what}: same CSV bytes"
+    );
+    assert!(
+        parquet_values(&dir.join("serial.parquet")) == parquet_values(&dir.join("windows.parquet")),
+        "{what}: same Parquet values"
+    );
+}
 
 #[test]
 fn windows_write_the_serial_plans_bytes_and_values_on_both_data_shapes() {
@@ -28,25 +50,11 @@ fn windows_write_the_serial_plans_bytes_and_values_on_both_data_shapes() {
                 &[&["--jobs", "1", "-q", "-o", "serial.csv"], &extra[..]].concat(),
             );
             for jobs in ["2", "3"] {
-                let run = export_pair(
+                windows_write_the_serial_plans(
                     dir.path(),
                     &db,
-                    &[
-                        &["--jobs", jobs, "--read", "index", "-o", "windows.csv"],
-                        &extra[..],
-                    ]
-                    .concat(),
-                );
-                assert!(run.stderr.contains("time windows"), "{shape} {jobs}: {run}");
-                assert!(
-                    std::fs::read(dir.path().join("serial.csv")).unwrap()
-                        == std::fs::read(dir.path().join("windows.csv")).unwrap(),
-                    "{shape}, --jobs {jobs}, {extra:?}: same CSV bytes"
-                );
-                assert!(
-                    parquet_values(&dir.path().join("serial.parquet"))
-                        == parquet_values(&dir.path().join("windows.parquet")),
-                    "{shape}, --jobs {jobs}, {extra:?}: same Parquet values"
+                    &[&["--jobs", jobs], &extra[..]].concat(),
+                    &format!("{shape}, --jobs {jobs}, {extra:?}"),
                 );
             }
         }
@@ -103,20 +111,5 @@ fn windows_cut_past_chronos_years_write_the_serial_plans_bytes() {
     );
     let dir = scratch();
     export_pair(dir.path(), &db, &["--jobs", "1", "-q", "-o", "serial.csv"]);
-    let run = export_pair(
-        dir.path(),
-        &db,
-        &["--jobs", "2", "--read", "index", "-o", "windows.csv"],
-    );
-    assert!(run.stderr.contains("time windows"), "{run}");
-    assert!(
-        std::fs::read(dir.path().join("serial.csv")).unwrap()
-            == std::fs::read(dir.path().join("windows.csv")).unwrap(),
-        "the same CSV bytes"
-    );
-    assert!(
-        parquet_values(&dir.path().join("serial.parquet"))
-            == parquet_values(&dir.path().join("windows.parquet")),
-        "the same Parquet values"
-    );
+    windows_write_the_serial_plans(dir.path(), &db, &["--jobs", "2"], "year 262200");
 }

@@ -242,6 +242,19 @@ impl Lake {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Another engine's maintenance of `table`: a compaction (its rows rewritten in one
+    /// overwrite), then the expiry of every older snapshot.
+    pub fn compact_and_expire(&self, table: &str) {
+        self.pyiceberg(
+            table,
+            "t.overwrite(t.scan().to_arrow())\n\
+             t = t.refresh()\n\
+             current = t.current_snapshot().snapshot_id\n\
+             old = [s.snapshot_id for s in t.metadata.snapshots if s.snapshot_id != current]\n\
+             t.maintenance.expire_snapshots().by_ids(old).commit()",
+        );
+    }
+
     /// The run folders under the table's data folder, and the pending records.
     pub fn run_folders(&self, table: &str) -> (Vec<String>, Vec<String>) {
         let data = self.warehouse.join(table.replace('.', "/")).join("data");
