@@ -62,66 +62,6 @@ fn from_json(v: &serde_json::Value) -> Vec<String> {
     ]
 }
 
-/// A JetStream stream of one test, deleted at the end.
-struct Subject {
-    url: String,
-    subject: String,
-    stream: String,
-}
-
-impl Subject {
-    fn new(label: &str) -> Self {
-        let id = format!("{label}_{}", std::process::id());
-        Self {
-            url: setting("EXPORT_EVENTS_TEST_NATS"),
-            subject: format!("ee.test.{id}"),
-            stream: format!("EE_TEST_{}", id.to_uppercase()),
-        }
-    }
-
-    fn args(&self) -> Vec<String> {
-        [
-            "--to",
-            &self.url,
-            "--subject",
-            &self.subject,
-            "--create-stream",
-            "--stream",
-            &self.stream,
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    }
-
-    /// Every message of the stream, in order: (Nats-Msg-Id, JSON).
-    fn messages(&self) -> Vec<(String, serde_json::Value)> {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let js = jetstream::new(async_nats::connect(&self.url).await.unwrap());
-            let mut stream = js.get_stream(&self.stream).await.unwrap();
-            let last = stream.info().await.unwrap().state.last_sequence;
-            let mut out = Vec::new();
-            for seq in 1..=last {
-                let m = stream.get_raw_message(seq).await.unwrap();
-                let id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
-                out.push((id, serde_json::from_slice(&m.payload).unwrap()));
-            }
-            out
-        })
-    }
-}
-
-impl Drop for Subject {
-    fn drop(&mut self) {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            if let Ok(client) = async_nats::connect(&self.url).await {
-                let _ = jetstream::new(client).delete_stream(&self.stream).await;
-            }
-        });
-    }
-}
-
 /// The table, normalised, by id.
 fn normal(rows: &BTreeMap<i64, Vec<String>>) -> BTreeMap<i64, Vec<String>> {
     rows.iter().map(|(id, row)| (*id, from_csv(row))).collect()
@@ -268,15 +208,7 @@ fn a_quiet_events_table_does_not_pin_wal_while_another_table_is_written() {
     let dir = scratch();
     let slot = Slot::create(&db, dir.path());
     db.sql("CREATE TABLE other (id bigserial, payload text)");
-    let retained = || -> i64 {
-        db.value(&format!(
-            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots \
-             WHERE slot_name = '{}'",
-            slot.name
-        ))
-        .parse()
-        .unwrap()
-    };
+    let retained = || slot.retained_wal();
     let start = db.value("SELECT pg_current_wal_lsn()::text");
     for _ in 0..4 {
         db.sql(

@@ -8,71 +8,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use common::feed::*;
 use common::lake::Lake;
 use common::*;
-
-/// `16/B374D848` as a number, so that LSNs sort.
-fn lsn(text: &str) -> u64 {
-    let (hi, lo) = text.split_once('/').unwrap();
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}
-
-/// A change as both sides give it: (commit LSN, position in its transaction), op, event id.
-type Change = ((u64, i64), String, i64);
-
-/// The table's changes, in replay order.
-fn table_changes(table: &serde_json::Value) -> Vec<Change> {
-    let mut changes: Vec<Change> = table["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                (lsn(c[0].as_str().unwrap()), c[1].as_i64().unwrap()),
-                c[2].as_str().unwrap().to_owned(),
-                c[3].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    changes.sort();
-    changes
-}
-
-/// The change files' changes, in file order, positions counted within each transaction.
-fn file_changes(folder: &Path) -> Vec<Change> {
-    let mut changes: Vec<Change> = Vec::new();
-    for name in files_in(folder).iter().filter(|n| n.ends_with(".csv")) {
-        let mut reader = csv::Reader::from_path(folder.join(name)).unwrap();
-        for record in reader.records() {
-            let record = record.unwrap();
-            let commit = lsn(&record[0]);
-            let position = match changes.last() {
-                Some(((last, position), ..)) if *last == commit => position + 1,
-                _ => 0,
-            };
-            changes.push((
-                (commit, position),
-                record[3].to_owned(),
-                record[4].parse().unwrap(),
-            ));
-        }
-    }
-    changes
-}
-
-/// A slot named `name` on `db`, created by `create` (a `changes --create-slot` command).
-fn slot<'a>(db: &'a TestDb, name: &str, create: impl FnOnce(&Slot) -> Run) -> Slot<'a> {
-    let slot = Slot {
-        db,
-        name: name.to_owned(),
-    };
-    let run = create(&slot).success();
-    assert!(run.stdout.starts_with("Created slot "), "{run}");
-    slot
-}
 
 /// Every point a feed run into a table can stop at: mid-read, data files written but not
 /// committed, committed but not confirmed (and the changes.* points around the confirmation).
@@ -89,11 +28,11 @@ fn a_feed_into_a_table_stopped_anywhere_holds_each_change_once() {
     let db = TestDb::sample("icc_faults");
     let lake = Lake::sqlite();
     let dir = lake.dir.path();
-    let feed = slot(&db, "icc_faults", |s| {
+    let feed = Slot::created(&db, "icc_faults", |s| {
         Run::of(&mut lake.changes_cmd(s, "hub.changes", &["--create-slot"]))
     });
     // The reference: a second slot from the same moment, into change files.
-    let reference = slot(&db, "icc_faults_ref", |s| {
+    let reference = Slot::created(&db, "icc_faults_ref", |s| {
         Run::of(&mut s.changes(dir, &["--create-slot", "--output", "ref"]))
     });
     // Not the rule rename: the feed expands it into updates of the rule's events as they are
@@ -104,24 +43,13 @@ fn a_feed_into_a_table_stopped_anywhere_holds_each_change_once() {
     for point in POINTS {
         for sig in ["KILL", "INT"] {
             // Two more transactions each time: every run has batches to stop in.
-            db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id % 13 = 0");
-            db.sql(
-                "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged) \
-                 SELECT now() - i * interval '1 minute', now(), 1 + i % 5, false \
-                 FROM generate_series(1, 10) AS i",
-            );
+            two_more_transactions(&db);
             let args = ["--max-changes", "100", "-q"];
-            let child = spawn_stopped_at(&mut lake.changes_cmd(&feed, "hub.changes", &args), point);
-            signal(child.id(), sig);
-            signal(child.id(), "CONT");
-            let ended = finish(child);
-            match sig {
-                "KILL" => assert_eq!(ended.code, None, "killed at {point}"),
-                _ => assert!(
-                    matches!(ended.code, Some(0) | Some(130)),
-                    "SIGINT at {point}\n{ended}"
-                ),
-            }
+            signalled_at(
+                &mut lake.changes_cmd(&feed, "hub.changes", &args),
+                point,
+                sig,
+            );
         }
     }
     let last = Run::of(&mut lake.changes_cmd(&feed, "hub.changes", &["-q"])).success();
@@ -178,7 +106,7 @@ fn the_initial_export_and_the_change_table_replay_to_the_hubs_table() {
     // In the S3 server: the feed, the initial export and verify compose with an S3 warehouse.
     let lake = Lake::s3();
     let initial = ["--create-slot", "--initial-export", "iceberg:hub.events"];
-    let feed = slot(&db, "icc_replay", |s| {
+    let feed = Slot::created(&db, "icc_replay", |s| {
         Run::of(&mut lake.changes_cmd(s, "hub.changes", &initial))
     });
     for sql in WRITES {
@@ -247,7 +175,7 @@ fn the_initial_export_and_the_change_table_replay_to_the_hubs_table() {
     assert_eq!(lake.read("hub.changes", None)["snapshots"], snapshots);
 
     // Another feed's changes, or a table of events, are refused in one line.
-    let other = slot(&db, "icc_replay_other", |s| {
+    let other = Slot::created(&db, "icc_replay_other", |s| {
         Run::of(&mut lake.changes_cmd(s, "hub.other", &["--create-slot"]))
     });
     db.sql("UPDATE events SET acknowledged = NOT acknowledged WHERE id = 3");
@@ -274,7 +202,7 @@ fn the_initial_export_and_the_change_table_replay_to_the_hubs_table() {
 fn another_writer_on_the_change_table_neither_moves_values_nor_steers_the_feed() {
     let db = TestDb::sample("icc_other");
     let lake = Lake::sqlite();
-    let feed = slot(&db, "icc_other", |s| {
+    let feed = Slot::created(&db, "icc_other", |s| {
         Run::of(&mut lake.changes_cmd(s, "hub.changes", &["--create-slot"]))
     });
     db.sql(WRITES[0]);

@@ -6,6 +6,7 @@
 //! `EXPORT_EVENTS_TEST_PG` (a `postgres://user@host:port` base URL of a superuser).
 #![allow(dead_code)] // each test file uses its own part of this module
 
+pub mod cluster;
 pub mod feed;
 pub mod lake;
 pub mod leftovers;
@@ -62,11 +63,18 @@ pub fn server_address() -> (String, String) {
 /// A database created for one test and dropped when it ends.
 pub struct TestDb {
     pub name: String,
+    /// The server's base URL (`postgres://user@host:port`).
+    pub server: String,
 }
 
 impl TestDb {
     /// An empty database with a unique name.
     pub fn empty(label: &str) -> Self {
+        Self::empty_on(&server(), label)
+    }
+
+    /// An empty database with a unique name on the server `server`.
+    pub fn empty_on(server: &str, label: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "ee_{label}_{}_{}",
@@ -74,16 +82,22 @@ impl TestDb {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         psql_at(
-            &format!("{}/postgres", server()),
+            &format!("{server}/postgres"),
             &[&format!("CREATE DATABASE {name}")],
             &[],
         );
-        Self { name }
+        Self {
+            name,
+            server: server.to_owned(),
+        }
     }
 
     /// A database with the IoT Hub schema and the given SQL files of `fixtures/compat`.
     pub fn with(label: &str, files: &[&str]) -> Self {
-        let db = Self::empty(label);
+        Self::schema_and(Self::empty(label), files)
+    }
+
+    fn schema_and(db: Self, files: &[&str]) -> Self {
         let mut all = vec!["schema.sql"];
         all.extend_from_slice(files);
         let paths: Vec<PathBuf> = all.iter().map(|f| compat(f)).collect();
@@ -96,8 +110,13 @@ impl TestDb {
         Self::with(label, &["sample.sql"])
     }
 
+    /// The sample database on the server `server`.
+    pub fn sample_on(server: &str, label: &str) -> Self {
+        Self::schema_and(Self::empty_on(server, label), &["sample.sql"])
+    }
+
     pub fn url(&self) -> String {
-        format!("{}/{}", server(), self.name)
+        format!("{}/{}", self.server, self.name)
     }
 
     /// A database of `rows` generated events (`export-events generate`).
@@ -217,6 +236,29 @@ impl<'a> Slot<'a> {
         cmd
     }
 
+    /// A slot named `name` on `db`, created by `create` (a `changes --create-slot` command).
+    pub fn created(db: &'a TestDb, name: &str, create: impl FnOnce(&Slot) -> Run) -> Self {
+        let slot = Self {
+            db,
+            name: name.to_owned(),
+        };
+        let run = create(&slot).success();
+        assert!(run.stdout.starts_with("Created slot "), "{run}");
+        slot
+    }
+
+    /// How much WAL the server keeps for the slot, in bytes.
+    pub fn retained_wal(&self) -> i64 {
+        self.db
+            .value(&format!(
+                "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots \
+                 WHERE slot_name = '{}'",
+                self.name
+            ))
+            .parse()
+            .unwrap()
+    }
+
     /// Where the slot has been confirmed up to.
     pub fn confirmed(&self) -> String {
         self.db.value(&format!(
@@ -242,7 +284,7 @@ impl Drop for Slot<'_> {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args(["-q", "-d", &format!("{}/postgres", server()), "-c"])
+            .args(["-q", "-d", &format!("{}/postgres", self.server), "-c"])
             .arg(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
@@ -556,6 +598,23 @@ pub fn signal(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Runs `cmd` to `point`, sends it `sig` (`KILL` or `INT`) there and lets it go on: killed,
+/// it ends there; interrupted, it ends cleanly (exit 0 when it had finished, 130 otherwise).
+pub fn signalled_at(cmd: &mut Command, point: &str, sig: &str) -> Run {
+    let child = spawn_stopped_at(cmd, point);
+    signal(child.id(), sig);
+    signal(child.id(), "CONT");
+    let ended = finish(child);
+    match sig {
+        "KILL" => assert_eq!(ended.code, None, "killed at {point}"),
+        _ => assert!(
+            matches!(ended.code, Some(0) | Some(130)),
+            "SIG{sig} at {point}\n{ended}"
+        ),
+    }
+    ended
 }
 
 /// Waits for a child started by [`spawn_stopped_at`] (or any piped child) to end.

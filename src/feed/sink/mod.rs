@@ -5,6 +5,8 @@
 
 pub mod api;
 mod files;
+mod ids;
+mod message;
 mod nats;
 mod table;
 

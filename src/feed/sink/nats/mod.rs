@@ -9,34 +9,36 @@
 //! A run starts from the slot's confirmed position, which can be behind what the stream already
 //! holds (a run killed after publishing, before confirming). JetStream's duplicate window covers
 //! that only for a while, so a run also reads the id of the last message on the subject and
-//! skips this feed's changes up to it. That is exact only if the stream holds a prefix of what
-//! was published, so every message states the stream's sequence it expects to follow
-//! (`Nats-Expected-Last-Sequence`): one lost inside a chunk published back to back makes every
-//! later one of the run rejected, never stored past a gap. The stream must therefore take this
-//! feed's messages only (`--create-stream` makes such a stream); a subject whose last message is
-//! another feed's is refused, and a stream another publisher writes to during a run stops the
-//! run with an error, never silently.
+//! skips this feed's changes up to it. That is exact only if the subject holds a prefix of what
+//! was published, so every message states the sequence of the subject's last message it
+//! expects to follow (`Nats-Expected-Last-Subject-Sequence`): one lost inside a chunk published
+//! back to back makes every later one of the run rejected, never stored past a gap. The subject
+//! must therefore take this feed's messages only; a stream may hold many feeds, each on its own
+//! subject (one stream `HUB` on `hub.>`, a database on each `hub.<name>`), and they publish at
+//! the same moment without disturbing each other. A subject whose last message is another
+//! feed's is refused, and one another publisher writes to during a run stops the run with an
+//! error, never silently.
 
 mod connect;
-mod ids;
 
+use std::cell::Cell;
 use std::future::IntoFuture as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self};
-use chrono::{DateTime, SecondsFormat};
-use serde_json::{Map, Value as Json};
 
 use super::api::{ChangeBatch, ChangeSink, Registration, Request, SinkPlan};
 use super::files::record_folder;
+use super::ids::{self, Place};
+use super::message::Encoder;
 use crate::error::{Class, Failure, UsageError};
 use crate::feed::change::{Changes, Value};
 use crate::feed::pgoutput::Lsn;
-use crate::model::{self, Zone};
+use crate::model::Zone;
 use crate::runtime::runtime;
 use crate::store::scratch::state_file;
 use crate::store::{RunLock, Target, Wait};
@@ -94,13 +96,19 @@ pub struct Nats {
     /// The server as lines show it (credentials masked).
     shown: String,
     js: jetstream::Context,
+    /// The stream taking the subject.
+    stream: jetstream::stream::Stream,
     subject: String,
     /// The feed's scope, first part of every message id.
     scope: String,
     /// The id of this feed's last change the stream holds on the subject.
-    last: Option<(Lsn, u64)>,
-    /// The stream's last sequence: the next message must follow it.
+    last: Cell<Option<(Lsn, u64)>>,
+    /// The stream sequence of the subject's last message: the next message must follow it.
     sequence: AtomicU64,
+    /// Whether the stream takes this subject only (its sequences are then the subject's), and
+    /// whether `sequence` was acknowledged in this session (the next message lands after it).
+    exclusive: bool,
+    chained: AtomicBool,
     /// How the table keeps its timestamp: a naive one is written without `Z`.
     zone: Zone,
 }
@@ -137,40 +145,61 @@ impl Nats {
                 .get_stream(&name)
                 .await
                 .with_context(|| format!("opening JetStream stream {name}"))?;
-            let sequence = found
-                .info()
-                .await
-                .with_context(|| format!("reading JetStream stream {name}"))?
-                .state
-                .last_sequence;
-            // Only a subject with no message has no resume point: any other failure to read
-            // the last one stops the run (resuming from the slot alone would publish again
-            // what the duplicate window may no longer catch).
-            let last = match found.get_last_raw_message_by_subject(subject).await {
-                Ok(message) => {
-                    let id = message
-                        .headers
-                        .get("Nats-Msg-Id")
-                        .map(|v| v.as_str().to_owned());
-                    ids::resume_point(id.as_deref(), scope, subject)?
-                }
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
-                Err(e) => {
-                    return Err(anyhow::Error::from(e)).with_context(|| {
-                        format!("reading the last message on {subject} (where to resume)")
-                    })
-                }
+            let exclusive = {
+                let config = &found
+                    .info()
+                    .await
+                    .with_context(|| format!("reading JetStream stream {name}"))?
+                    .config;
+                config.subjects == [subject] && config.sources.is_none()
             };
-            Ok::<_, anyhow::Error>(Self {
+            let nats = Self {
                 shown: to.server.shown.clone(),
                 js,
+                stream: found,
                 subject: subject.to_owned(),
                 scope: scope.to_owned(),
-                last,
-                sequence: AtomicU64::new(sequence),
+                last: Cell::new(None),
+                sequence: AtomicU64::new(0),
+                exclusive,
+                chained: AtomicBool::new(false),
                 zone,
-            })
+            };
+            nats.resume().await?;
+            Ok::<_, anyhow::Error>(nats)
         })
+    }
+
+    /// Reads where this feed resumes on the subject: the id and the sequence of its last
+    /// message. Only a subject with no message has no resume point: any other failure to read
+    /// the last one stops the run (resuming from the slot alone would publish again what the
+    /// duplicate window may no longer catch).
+    async fn resume(&self) -> Result<()> {
+        let subject = &self.subject;
+        let (last, sequence) = match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => {
+                let id = message
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned());
+                let place = Place {
+                    name: &format!("subject {subject}"),
+                    flag: "--subject (and stream)",
+                };
+                let last = ids::resume_point(id.as_deref(), &self.scope, &place)?;
+                (last, message.sequence)
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => (None, 0),
+            Err(e) => {
+                return Err(anyhow::Error::from(e)).with_context(|| {
+                    format!("reading the last message on {subject} (where to resume)")
+                })
+            }
+        };
+        self.last.set(last);
+        self.sequence.store(sequence, Ordering::SeqCst);
+        self.chained.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// A batch of changes being published.
@@ -178,11 +207,9 @@ impl Nats {
         Publishing {
             nats: self,
             pending: Vec::with_capacity(CHUNK),
-            lsn: String::new(),
-            position: 0,
+            encoder: Encoder::new(self.zone),
             rows: 0,
             skipped: 0,
-            names: model::change_columns().iter().map(|c| c.name).collect(),
         }
     }
 }
@@ -206,12 +233,9 @@ pub struct Publishing<'a> {
     nats: &'a Nats,
     /// Messages not yet sent: (Nats-Msg-Id, JSON).
     pending: Vec<(String, Vec<u8>)>,
-    /// The commit LSN of the transaction being published, and the next position in it.
-    lsn: String,
-    position: u64,
+    encoder: Encoder,
     rows: u64,
     skipped: u64,
-    names: Vec<&'static str>,
 }
 
 impl ChangeSink for Nats {
@@ -226,12 +250,13 @@ impl ChangeSink for Nats {
 
     /// The commit LSN of this feed's last change on the subject.
     fn end(&self) -> Result<Option<Lsn>> {
-        Ok(self.last.map(|(lsn, _)| lsn))
+        Ok(self.last.get().map(|(lsn, _)| lsn))
     }
 
-    /// JetStream drops, and the run skips, what the stream already holds.
+    /// Reads the resume point again (a session that ended mid-batch may have published part
+    /// of it): the run skips what the subject already holds.
     fn prepare(&self, _from: Lsn) -> Result<()> {
-        Ok(())
+        runtime().block_on(self.resume())
     }
 
     fn batch(&self, _from: Lsn) -> Result<Box<dyn ChangeBatch + '_>> {
@@ -256,41 +281,56 @@ impl ChangeBatch for Publishing<'_> {
 }
 
 impl Publishing<'_> {
-    /// Publishes the pending messages back to back, each expecting the stream's sequence the
-    /// one before it got, and waits for every acknowledgement.
+    /// Publishes the pending messages, each expecting as the subject's last message the one
+    /// published before it, and waits for every acknowledgement. On a stream of the subject's
+    /// own, the sequence a message gets is the one after its predecessor's, so a chunk goes
+    /// back to back; on a stream shared with other subjects (other feeds) it is known only from
+    /// the acknowledgement, so each message waits for the one before (a guessed sequence that
+    /// missed could match a later message's and store it past a gap).
     fn send(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
         let nats = self.nats;
+        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         runtime().block_on(async {
-            let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(pending.len());
-            let first = nats.sequence.load(Ordering::SeqCst);
-            for (expected, (id, payload)) in (first..).zip(pending) {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", id.as_str());
-                headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
-                let ack = nats
-                    .js
-                    .publish_with_headers(nats.subject.clone(), headers, payload.into())
-                    .await
-                    .context("publishing a change to JetStream")?;
-                acks.push(ack);
-            }
-            for ack in acks {
-                let ack = ack.into_future().await.map_err(|e| match e.kind() {
-                    PublishErrorKind::WrongLastSequence => {
-                        let detail = format!(
-                            "the stream of subject {} took a message that is not this feed's, \
-                             or lost one, during the run ({e}): nothing after it was stored; \
-                             give the feed a stream of its own and run again",
-                            nats.subject
-                        );
-                        Failure::new(Class::Conflict, &detail, &nats.subject).into()
+            while pending.peek().is_some() {
+                // The first message after the resume point goes alone: the stream's sequence
+                // may be past the subject's last (a purge, an expiry), and only its
+                // acknowledgement says where the next one lands.
+                let chained = nats.exclusive && nats.chained.load(Ordering::SeqCst);
+                let depth = if chained { CHUNK } else { 1 };
+                let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(depth);
+                let first = nats.sequence.load(Ordering::SeqCst);
+                for (expected, (id, payload)) in (first..).zip(pending.by_ref().take(depth)) {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", id.as_str());
+                    headers.insert(
+                        "Nats-Expected-Last-Subject-Sequence",
+                        expected.to_string().as_str(),
+                    );
+                    let ack = nats
+                        .js
+                        .publish_with_headers(nats.subject.clone(), headers, payload.into())
+                        .await
+                        .context("publishing a change to JetStream")?;
+                    acks.push(ack);
+                }
+                for ack in acks {
+                    let ack = ack.into_future().await.map_err(|e| match e.kind() {
+                        PublishErrorKind::WrongLastSequence => {
+                            let detail = format!(
+                                "subject {} took a message that is not this feed's, or lost \
+                                 one, during the run ({e}): nothing after it was stored; give \
+                                 each feed a subject of its own and run again",
+                                nats.subject
+                            );
+                            Failure::new(Class::Conflict, &detail, &nats.subject).into()
+                        }
+                        _ => anyhow!(e).context("JetStream did not acknowledge a change"),
+                    })?;
+                    // A duplicate did not move the subject (and broke the chain after it).
+                    if !ack.duplicate {
+                        nats.sequence.store(ack.sequence, Ordering::SeqCst);
+                        nats.chained.store(true, Ordering::SeqCst);
                     }
-                    _ => anyhow!(e).context("JetStream did not acknowledge a change"),
-                })?;
-                // A duplicate did not move the stream (and broke the chain after it).
-                if !ack.duplicate {
-                    nats.sequence.store(ack.sequence, Ordering::SeqCst);
                 }
             }
             Ok(())
@@ -300,39 +340,14 @@ impl Publishing<'_> {
 
 impl Changes for Publishing<'_> {
     fn push(&mut self, row: &[Value]) -> Result<()> {
-        let Some(Value::Text(lsn)) = row.first() else {
-            bail!("a change without its LSN");
-        };
-        if *lsn != self.lsn {
-            self.lsn.clone_from(lsn);
-            self.position = 0;
-        }
-        let position = self.position;
-        self.position += 1;
         self.rows += 1;
-        let commit: Lsn = lsn.parse()?;
-        if self
-            .nats
-            .last
-            .is_some_and(|last| (commit, position) <= last)
-        {
+        let message = self.encoder.next(row)?;
+        if message.held(self.nats.last.get()) {
             self.skipped += 1;
             return Ok(());
         }
-        let mut object = Map::with_capacity(row.len() + 1);
-        for (name, value) in self.names.iter().zip(row) {
-            let mut value = json(value);
-            // USE_TZ = False: the event's wall-clock time, without an offset.
-            if (self.nats.zone, *name) == (Zone::Naive, "timestamp") {
-                if let Json::String(text) = &mut value {
-                    text.truncate(text.trim_end_matches('Z').len());
-                }
-            }
-            object.insert((*name).to_owned(), value);
-        }
-        object.insert("position".into(), position.into());
-        let payload = serde_json::to_vec(&object)?;
-        let id = format!("{}:{lsn}:{position}", self.nats.scope);
+        let id = format!("{}:{}:{}", self.nats.scope, message.lsn, message.position);
+        let payload = message.json()?;
         self.pending.push((id, payload));
         if self.pending.len() >= CHUNK {
             self.send()?;
@@ -345,33 +360,12 @@ impl Changes for Publishing<'_> {
     }
 }
 
-/// A change value as JSON: numbers, booleans, strings, RFC 3339 UTC instants, null.
-fn json(value: &Value) -> Json {
-    match value {
-        Value::Null => Json::Null,
-        Value::Int64(v) => (*v).into(),
-        Value::Bool(v) => (*v).into(),
-        Value::Text(v) => v.clone().into(),
-        Value::Timestamp(micros) => match *micros {
-            i64::MAX => "infinity".into(),
-            i64::MIN => "-infinity".into(),
-            m => DateTime::from_timestamp_micros(m)
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
-                .into(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn stream_names_and_values() {
+    fn stream_names() {
         assert_eq!(stream_name("iot.events.changes"), "IOT_EVENTS_CHANGES");
-        assert_eq!(
-            json(&Value::Timestamp(1_000_000)),
-            Json::from("1970-01-01T00:00:01.000000Z")
-        );
     }
 }

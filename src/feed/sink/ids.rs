@@ -1,7 +1,8 @@
-//! The ids of the feed's messages, read back: `<scope>:<commit LSN>:<position>` in
-//! `Nats-Msg-Id`, where the last one on a subject says where this feed resumes, and whose feed
-//! the subject holds. A subject is shared and its messages untrusted: an id that is not one of
-//! this feed's is refused in one line, never guessed at.
+//! The ids of the feed's messages, read back: `<scope>:<commit LSN>:<position>` (JetStream's
+//! `Nats-Msg-Id`, Kafka's `export-events.id` header), where the last one on a subject or a
+//! topic's partition says where this feed resumes, and whose feed the destination holds. A
+//! destination is shared and its messages untrusted: an id that is not one of this feed's is
+//! refused in one line, never guessed at.
 
 use anyhow::Result;
 
@@ -16,14 +17,22 @@ fn parse_id(id: &str) -> Option<(Option<&str>, Lsn, u64)> {
     Some((parts.next(), lsn, position))
 }
 
-/// Where this feed resumes on `subject`, from the id of the last message there: after it when
-/// it is this feed's (or an earlier version's, which had no scope); the subject is refused when
-/// it is another feed's, or not a change at all.
-pub fn resume_point(id: Option<&str>, scope: &str, subject: &str) -> Result<Option<(Lsn, u64)>> {
+/// Where a destination names its place and how it is chosen: `subject iot.events` and
+/// `--subject`, `topic iot.events` and `--topic`.
+pub struct Place<'a> {
+    pub name: &'a str,
+    pub flag: &'a str,
+}
+
+/// Where this feed resumes at `place`, from the id of the last message there: after it when it
+/// is this feed's (or an earlier version's, which had no scope); the place is refused when it
+/// holds another feed's, or not a change at all.
+pub fn resume_point(id: Option<&str>, scope: &str, place: &Place) -> Result<Option<(Lsn, u64)>> {
     let refuse = |whose: String| {
         UsageError(format!(
-            "subject {subject} already holds {whose}, not this feed's ({scope}): give each \
-             database and slot its own --subject (and stream)"
+            "{} already holds {whose}, not this feed's ({scope}): give each database and slot \
+             its own {}",
+            place.name, place.flag
         ))
     };
     match id.map(|id| (id, parse_id(id))) {
@@ -57,7 +66,11 @@ mod tests {
     #[test]
     fn a_subject_of_another_feed_is_refused() {
         let ours = "771-5-nightly";
-        let at = |id| resume_point(Some(id), ours, "s");
+        let place = Place {
+            name: "subject s",
+            flag: "--subject",
+        };
+        let at = |id| resume_point(Some(id), ours, &place);
         assert_eq!(at("771-5-nightly:0/10:3").unwrap(), Some((Lsn(0x10), 3)));
         assert_eq!(
             at("0/10:3").unwrap(),
@@ -67,14 +80,15 @@ mod tests {
         let err = at("999-5-nightly:0/10:3").unwrap_err().to_string();
         assert!(err.contains("the changes of 999-5-nightly"), "{err}");
         assert!(at("hello").is_err());
-        assert!(resume_point(None, ours, "s").is_err());
+        assert!(resume_point(None, ours, &place).is_err());
     }
 
     proptest::proptest! {
         #[test]
         fn ids_never_panic(id in "\\PC{0,40}") {
             let _ = parse_id(&id);
-            let _ = resume_point(Some(&id), "a-1-s", "s");
+            let place = Place { name: "topic t", flag: "--topic" };
+            let _ = resume_point(Some(&id), "a-1-s", &place);
         }
     }
 }
