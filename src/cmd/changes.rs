@@ -33,6 +33,8 @@ pub fn run(ctx: &Context, args: &ChangesArgs) -> Result<()> {
         via: args.via,
         follow: args.follow,
         flush_interval: args.flush_interval,
+        heartbeat: args.heartbeat,
+        metrics: args.metrics,
         max_changes: args.max_changes,
         memory: crate::cli::parse_size(DEFAULT_MEMORY).expect("a valid default"),
     };

@@ -23,6 +23,9 @@ pub enum Class {
     AlreadyExists,
     /// There is no such slot (42704).
     MissingSlot,
+    /// The slot was invalidated: the server removed WAL it still needed (`wal_status` lost,
+    /// `max_slot_wal_keep_size`), so changes after its position are gone.
+    SlotLost,
     /// The role may not do this (42501), or may not connect for it.
     NotAllowed,
     /// A server setting forbids it (55000: logical decoding with `wal_level` below logical).
@@ -41,7 +44,7 @@ const TABLE: &[(Class, u8, &str)] = &[
     (
         Class::SessionLost,
         1,
-        "the PostgreSQL server closed the connection during the export (the session was \
+        "the PostgreSQL server closed the connection during the run (the session was \
          terminated, or the server restarted): {detail}",
     ),
     (Class::TooManyConnections, 1, "{detail}"),
@@ -70,6 +73,14 @@ const TABLE: &[(Class, u8, &str)] = &[
         Class::MissingSlot,
         1,
         "{subject} does not exist ({detail}): create it with --create-slot",
+    ),
+    (
+        Class::SlotLost,
+        1,
+        "{subject} was invalidated ({detail}): the server removed WAL it still needed \
+         (max_slot_wal_keep_size), so the changes after its position are gone and no run can \
+         deliver them; drop it (--drop-slot) and start again with --create-slot \
+         --initial-export PATH into a new destination",
     ),
     (
         Class::NotAllowed,
@@ -159,6 +170,7 @@ mod tests {
             Class::InUse,
             Class::AlreadyExists,
             Class::MissingSlot,
+            Class::SlotLost,
             Class::NotAllowed,
             Class::Prerequisite,
             Class::AccessDenied,

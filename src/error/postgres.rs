@@ -66,6 +66,11 @@ const SERVER: &[(&[&str], &str, Class)] = &[
         Class::InUse,
     ),
     (
+        &["can no longer get changes from replication slot"],
+        "55000",
+        Class::SlotLost,
+    ),
+    (
         &["replication slot", "does not exist"],
         "42704",
         Class::MissingSlot,
@@ -104,6 +109,7 @@ pub fn class_of_code(code: &str) -> Option<Class> {
         "42501" => Class::NotAllowed,
         "55006" => Class::InUse,
         "42710" => Class::AlreadyExists,
+        "42704" => Class::MissingSlot,
         _ => return None,
     })
 }

@@ -108,6 +108,17 @@ impl Decoder {
         })
     }
 
+    /// Leaves its connection open when dropped: its PostgreSQL session may be gone (see
+    /// `Engine::abandon`).
+    pub fn abandon(&self) {
+        self.lookups.abandon();
+    }
+
+    /// When the last transaction begun committed (microseconds since the Unix epoch).
+    pub fn commit_time(&self) -> i64 {
+        self.commit_time
+    }
+
     /// Handles one message, writing its changes to `out`; at a commit, returns its end LSN.
     pub fn message(&mut self, message: Message, out: &mut dyn Changes) -> Result<Option<Lsn>> {
         match message {

@@ -14,47 +14,71 @@ use anyhow::Result;
 
 use super::change::{Changes, Value};
 use super::decode::Decoder;
+use super::metrics;
 use super::pgoutput::{Lsn, Message};
 use super::plan::Reading;
+use super::reconnect::Progress;
 use super::sink::api::{ChangeBatch, ChangeSink};
 use super::slot::Feed;
 use super::stream::{Event, Stream};
 use crate::cancel;
+use crate::error::{class_of, Class};
 use crate::fault;
 
-/// Reads until caught up (or, with `--follow`, until a signal); returns the changes delivered.
-pub fn run(feed: &Feed, dest: &dyn ChangeSink, reading: &Reading, quiet: bool) -> Result<u64> {
+/// Reads until caught up (or, with `--follow`, until a signal); counts what it delivers in
+/// `progress` (also when the session fails later on).
+pub fn run(
+    feed: &Feed,
+    dest: &dyn ChangeSink,
+    reading: &Reading,
+    quiet: bool,
+    progress: &mut Progress,
+) -> Result<()> {
     let confirmed = feed.confirmed()?;
     let target = feed.current_wal()?;
     dest.prepare(confirmed)?;
     let follow = reading.follow.is_some();
     if !follow && confirmed >= target {
-        return Ok(0);
+        return Ok(());
     }
     let mut stream = Stream::open(feed.pg, feed.slot, confirmed)?;
+    let decoder = Decoder::new(feed.engine)?;
+    metrics::connected(true);
+    metrics::confirmed_at(confirmed);
     let mut reader = Reader {
         feed,
         dest,
         reading,
         quiet,
-        decoder: Decoder::new(feed.engine)?,
+        decoder,
         batch: None,
         from: confirmed,
         end: None,
         open: false,
         confirmed,
         started: Instant::now(),
+        heartbeat: reading.heartbeat,
+        beat: Instant::now(),
+        transactions: 0,
         total: 0,
+        heard: false,
     };
     let result = reader.read(&mut stream, (!follow).then_some(target));
     let confirmed = reader.confirmed;
-    let total = reader.total;
+    progress.delivered += reader.total;
+    progress.heard = reader.heard;
+    if result.is_err() {
+        // Its PostgreSQL session may be gone with the stream's: left as it is (see Engine).
+        reader.decoder.abandon();
+    }
     drop(reader);
-    result?;
-    // The last confirmation must reach the server before the session ends.
-    feed.wait_confirmed(confirmed, Duration::from_secs(10))?;
-    stream.close()?;
-    Ok(total)
+    let ended = result.and_then(|()| {
+        // The last confirmation must reach the server before the session ends.
+        feed.wait_confirmed(confirmed, Duration::from_secs(10))?;
+        stream.close()
+    });
+    metrics::connected(false);
+    ended
 }
 
 struct Reader<'a> {
@@ -72,7 +96,14 @@ struct Reader<'a> {
     confirmed: Lsn,
     /// When the batch started (for --flush-interval and the rate).
     started: Instant,
+    /// How often a heartbeat is written (`--heartbeat`), and when the last one was.
+    heartbeat: Option<Duration>,
+    beat: Instant,
+    /// Transactions in the batch.
+    transactions: u64,
     total: u64,
+    /// Whether the stream brought anything.
+    heard: bool,
 }
 
 impl Reader<'_> {
@@ -85,7 +116,12 @@ impl Reader<'_> {
             if cancel::requested() && target.is_none() {
                 target = Some(self.feed.current_wal()?);
             }
+            self.heartbeat()?;
             let event = stream.next(Duration::from_millis(200))?;
+            if event.is_some() {
+                self.heard = true;
+                metrics::alive();
+            }
             let due = self
                 .reading
                 .follow
@@ -104,6 +140,7 @@ impl Reader<'_> {
                     } else if position > self.confirmed {
                         self.confirm(stream, position);
                     }
+                    metrics::position(position, self.confirmed, self.end.is_none());
                     if target.is_some_and(|t| position >= t) {
                         return Ok(());
                     }
@@ -114,10 +151,43 @@ impl Reader<'_> {
         }
     }
 
+    /// With `--follow --heartbeat`: writes a heartbeat when one is due. A role that may not
+    /// (`pg_logical_emit_message` not granted to it) is told once, and the feed goes on.
+    fn heartbeat(&mut self) -> Result<()> {
+        let Some(every) = self.heartbeat else {
+            return Ok(());
+        };
+        if self.beat.elapsed() < every {
+            return Ok(());
+        }
+        self.beat = Instant::now();
+        match self.feed.heartbeat() {
+            Ok(()) => Ok(()),
+            // The session's own failures end it (and --follow connects again).
+            Err(e) if class_of(&e).is_some_and(|c| c != Class::NotAllowed) => Err(e),
+            Err(e) => {
+                eprintln!(
+                    "warning: no heartbeat for slot {} ({e:#}): an idle events table may keep \
+                     WAL on the server; grant the feed's role EXECUTE on \
+                     pg_logical_emit_message, or pass --heartbeat 0",
+                    self.feed.slot
+                );
+                self.heartbeat = None;
+                Ok(())
+            }
+        }
+    }
+
     fn message(&mut self, stream: &Stream, message: Message) -> Result<()> {
         match &message {
-            Message::Begin { .. } => self.open = true,
-            Message::Commit { .. } => self.open = false,
+            Message::Begin { final_lsn, .. } => {
+                self.open = true;
+                metrics::position(*final_lsn, self.confirmed, false);
+            }
+            Message::Commit { .. } => {
+                self.open = false;
+                self.transactions += 1;
+            }
             _ => {}
         }
         let mut lazy = Lazy {
@@ -153,6 +223,12 @@ impl Reader<'_> {
         self.confirm(stream, end);
         fault::point("changes.confirmed");
         self.total += rows;
+        metrics::delivered(
+            rows,
+            std::mem::take(&mut self.transactions),
+            end,
+            Some(self.decoder.commit_time()),
+        );
         if rows > 0 && (!self.quiet || self.reading.follow.is_some()) {
             let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
             eprintln!(
@@ -167,6 +243,7 @@ impl Reader<'_> {
 
     fn confirm(&mut self, stream: &Stream, lsn: Lsn) {
         stream.confirm(lsn);
+        metrics::confirmed_at(lsn);
         self.confirmed = lsn;
         self.from = self.from.max(lsn);
         self.feed.record_confirmed(lsn);

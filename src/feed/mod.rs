@@ -16,9 +16,11 @@ pub mod change;
 mod create;
 mod decode;
 mod follow;
+mod metrics;
 pub mod pgoutput;
 mod pgtime;
 pub mod plan;
+mod reconnect;
 mod rows;
 pub mod sink;
 mod slot;
@@ -28,7 +30,7 @@ mod stream;
 use anyhow::Result;
 
 use crate::cancel::{self, Mode};
-use crate::error::UsageError;
+use crate::error::{class_of, Class, UsageError};
 use crate::source::engine::{Access, Engine};
 use crate::source::query::Dialect;
 use plan::{Feed as Plan, Reading, SlotAction, Via};
@@ -63,16 +65,39 @@ fn read(feed: &Feed, reading: &Reading, plan: &Plan) -> Result<()> {
         Some(_) => Mode::Finish,
         None => Mode::Cancel,
     })?;
+    if let Some(addr) = reading.metrics {
+        metrics::serve(addr)?;
+    }
     let zone = crate::source::zone(feed.engine, Dialect::Postgres)?;
     let dest = reading.sink.open(&feed.scope()?, zone, plan.quiet)?;
     let _lock = dest.lock(feed.slot, plan.wait)?;
     not_ahead_of_the_server(feed, dest.as_ref())?;
-    let total = match reading.via {
-        Via::Stream => follow::run(feed, dest.as_ref(), reading, plan.quiet)?,
-        Via::Sql => sql::run(feed, dest.as_ref(), reading, plan.quiet)?,
-    };
+    let dest = dest.as_ref();
+    let total = match (reading.via, reading.follow) {
+        // Each session's failure is checked with its own connection.
+        (Via::Stream, Some(_)) => reconnect::follow(feed, |feed, progress| {
+            follow::run(feed, dest, reading, plan.quiet, progress)
+                .map_err(|e| what_became_of_the_slot(feed, e))
+        }),
+        (Via::Stream, None) => {
+            let mut progress = reconnect::Progress::default();
+            follow::run(feed, dest, reading, plan.quiet, &mut progress).map(|()| progress.delivered)
+        }
+        (Via::Sql, _) => sql::run(feed, dest, reading, plan.quiet),
+    }
+    .map_err(|e| what_became_of_the_slot(feed, e))
+    .inspect_err(|e| metrics::failed(crate::error::class_of(e)))?;
     println!("Wrote {total} changes to {}", dest.shown());
     Ok(())
+}
+
+/// A session that failed because the slot was dropped or invalidated under it reports that
+/// (PostgreSQL's own error, such as SQLSTATE 55000, says less), not what the session saw.
+fn what_became_of_the_slot(feed: &Feed, err: anyhow::Error) -> anyhow::Error {
+    match feed.require_slot() {
+        Err(gone) if matches!(class_of(&gone), Some(Class::MissingSlot | Class::SlotLost)) => gone,
+        _ => err,
+    }
 }
 
 /// Refuses a destination that holds changes past the server's WAL position, before anything is

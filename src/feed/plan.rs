@@ -3,6 +3,7 @@
 //! refused stops the run before the server has a slot), show it, drop it, or read it into a
 //! destination resolved from the registry of change sinks.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -61,6 +62,10 @@ pub struct Reading {
     pub follow: Option<Duration>,
     /// Changes per batch at most (whole transactions).
     pub max_changes: u64,
+    /// With `--follow`: how often a heartbeat is written into the WAL.
+    pub heartbeat: Option<Duration>,
+    /// With `--follow`: where the metrics are served.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What the command line says about the feed.
@@ -76,6 +81,8 @@ pub struct Request<'a> {
     pub follow: bool,
     pub flush_interval: u64,
     pub max_changes: u64,
+    pub heartbeat: Duration,
+    pub metrics: Option<SocketAddr>,
     /// `--memory`'s default, for the initial export.
     pub memory: u64,
 }
@@ -105,6 +112,9 @@ pub fn resolve(ctx: &Context, request: &Request) -> Result<Feed, UsageError> {
                 .follow
                 .then(|| Duration::from_secs(request.flush_interval)),
             max_changes: request.max_changes,
+            heartbeat: (request.follow && !request.heartbeat.is_zero())
+                .then_some(request.heartbeat),
+            metrics: request.metrics.filter(|_| request.follow),
         }),
     };
     Ok(Feed {

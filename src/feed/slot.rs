@@ -121,18 +121,44 @@ impl Feed<'_> {
         )
     }
 
+    /// The slot exists and can still be read: a missing slot, or one the server invalidated
+    /// (`wal_status` lost: it removed WAL the slot still needed), ends the run with what to do.
     pub fn require_slot(&self) -> Result<()> {
         let sql = format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            "SELECT coalesce(max(coalesce(wal_status, 'unknown')), 'missing') \
+             FROM pg_replication_slots WHERE slot_name = '{}'",
             self.slot
         );
-        if self.query_one::<i64>(&sql)? == 0 {
-            bail!(
-                "slot {} does not exist on this server: create it with --create-slot",
-                self.slot
-            );
+        let subject = format!("slot {}", self.slot);
+        match self.query_one::<String>(&sql)?.as_str() {
+            "missing" => {
+                Err(
+                    Failure::new(Class::MissingSlot, "no such slot on this server", &subject)
+                        .into(),
+                )
+            }
+            "lost" => Err(Failure::new(Class::SlotLost, "wal_status lost", &subject).into()),
+            "unreserved" => {
+                eprintln!(
+                    "warning: slot {} is about to be invalidated (wal_status unreserved: it \
+                     keeps more WAL than max_slot_wal_keep_size allows); read it now",
+                    self.slot
+                );
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Writes a message into the WAL of this database (`pg_logical_emit_message`, not
+    /// transactional, not published): the slot's stream then moves past writes to other
+    /// tables and databases, and its confirmed position with it, so an idle `events` table
+    /// never pins WAL.
+    pub fn heartbeat(&self) -> Result<()> {
+        self.query_one::<String>(
+            "SELECT pg_logical_emit_message(false, 'export-events.heartbeat', '')::text",
+        )
+        .map(drop)
     }
 
     pub fn drop(&self) -> Result<()> {
@@ -222,8 +248,15 @@ impl Feed<'_> {
         let first = redacted.lines().next().unwrap_or_default();
         let slot = format!("slot {}", self.slot);
         match class_of_text(&redacted) {
-            Some(class @ (Class::Prerequisite | Class::NotAllowed | Class::MissingSlot)) => {
-                Failure::new(class, first, &slot).into()
+            Some(
+                class @ (Class::Prerequisite
+                | Class::NotAllowed
+                | Class::MissingSlot
+                | Class::SlotLost),
+            ) => Failure::new(class, first, &slot).into(),
+            // Retried by `--follow`: a new session mends them.
+            Some(class @ (Class::SessionLost | Class::Unreachable | Class::TooManyConnections)) => {
+                Failure::new(class, first, self.pg.origin).into()
             }
             _ => anyhow!("{first}"),
         }

@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context as _, Result};
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 
 use super::pgoutput::{decode, Lsn, Message};
-use crate::error::postgres::{class_of_code, code_in};
+use crate::error::postgres::{class_of_code, class_of_text, code_in};
 use crate::error::{class_of, Class, Failure};
 use crate::runtime::runtime;
 use crate::source::conninfo::Params;
@@ -92,7 +92,14 @@ impl Stream {
         let event = match received {
             Err(_) => return Ok(None),
             Ok(Ok(Some(event))) => event,
-            Ok(Ok(None)) => return Err(anyhow!("the server ended the replication stream")),
+            Ok(Ok(None)) => {
+                return Err(Failure::new(
+                    Class::SessionLost,
+                    "the server ended the replication stream",
+                    self.pg.origin,
+                )
+                .into())
+            }
             Ok(Err(e)) => return Err(explain(&self.pg, &self.slot, &e)),
         };
         Ok(Some(match event {
@@ -195,19 +202,32 @@ fn explain(pg: &PgConnection, slot: &str, e: &PgWireError) -> anyhow::Error {
     let class = match e {
         PgWireError::Server(message) => match code_in(message) {
             Some("28000") => Some(Class::NotAllowed),
-            Some(code) => class_of_code(code),
+            // 55000 is also "wal_level": the message tells an invalidated slot apart.
+            Some(code) => class_of_text(message).or_else(|| class_of_code(code)),
             None => None,
         },
         PgWireError::Tls(_) => Some(Class::Tls),
+        // The connection failed under the session (reset, closed, refused while the server
+        // restarts), or the client's worker ended with it.
+        PgWireError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Some(Class::Unreachable)
+        }
+        PgWireError::Io(_) | PgWireError::Task(_) => Some(Class::SessionLost),
         _ => None,
     };
     match class {
-        Some(Class::AlreadyExists) => {
-            Failure::new(Class::AlreadyExists, &text, &format!("slot {slot}")).into()
+        Some(class @ (Class::AlreadyExists | Class::MissingSlot | Class::SlotLost)) => {
+            Failure::new(class, &text, &format!("slot {slot}")).into()
         }
-        Some(class @ (Class::AuthFailed | Class::NotAllowed | Class::InUse | Class::Tls)) => {
-            Failure::new(class, &text, pg.origin).into()
-        }
+        Some(
+            class @ (Class::AuthFailed
+            | Class::NotAllowed
+            | Class::InUse
+            | Class::Tls
+            | Class::SessionLost
+            | Class::Unreachable
+            | Class::TooManyConnections),
+        ) => Failure::new(class, &text, pg.origin).into(),
         _ => anyhow!("{text}"),
     }
 }
