@@ -336,14 +336,16 @@ pub struct ChangesArgs {
     #[arg(long, value_name = "ADDRESS", requires = "follow")]
     pub metrics: Option<std::net::SocketAddr>,
 
-    /// Publish the changes to NATS JetStream at this server (nats://host:4222) instead of
-    /// writing files: one JSON message a change, deduplicated by a Nats-Msg-Id per change.
+    /// Publish the changes instead of writing files: to NATS JetStream (nats://host:4222), one
+    /// JSON message a change, deduplicated by a Nats-Msg-Id per change; or to Kafka
+    /// (kafka://host:9092), the same messages keyed by event id, one transaction per batch.
     #[arg(long, value_name = "URL")]
     pub to: Option<String>,
 
-    /// With --to: the subject to publish on.
+    /// With --to: the NATS subject, or the Kafka topic (--topic), to publish on.
     #[arg(
         long,
+        visible_alias = "topic",
         value_name = "SUBJECT",
         default_value = "iot.events.changes",
         requires = "to"
@@ -355,8 +357,8 @@ pub struct ChangesArgs {
     #[arg(long, value_name = "NAME", requires = "create_stream")]
     pub stream: Option<String>,
 
-    /// With --to: create the JetStream stream for --subject when none takes it (otherwise that
-    /// is an error).
+    /// With --to: create the JetStream stream for --subject, or the Kafka topic, when there is
+    /// none (otherwise that is an error).
     #[arg(long, requires = "to")]
     pub create_stream: bool,
 

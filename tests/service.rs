@@ -1,6 +1,6 @@
 //! `changes --follow` run as a service, on a PostgreSQL cluster of the test's own (it is
 //! restarted, and its settings changed): the feed survives its sessions being terminated and
-//! the server restarting, into change files, JetStream and an Iceberg table alike, delivering
+//! the server restarting, into change files, JetStream, Kafka and an Iceberg table alike, delivering
 //! every change once and never exiting until SIGTERM, which drains and exits 0; heartbeats keep
 //! an idle slot from pinning WAL; an invalidated slot is named as such; the metrics endpoint,
 //! scraped by a real HTTP client, shows the lag falling back to zero after a burst.
@@ -129,6 +129,11 @@ fn follow_outlives_terminated_sessions_and_a_restart_and_delivers_every_change_o
     let table = Slot::created(&db, "svc_table", |s| {
         Run::of(&mut lake.changes_cmd(s, "hub.changes", &["--create-slot"]))
     });
+    let kafka = Slot::created(&db, "svc_kafka", |s| {
+        Run::of(&mut s.changes(dir, &["--create-slot"]))
+    });
+    let kafka_url = setting("EXPORT_EVENTS_TEST_KAFKA");
+    let topic = format!("ee.test.service.{}", std::process::id());
     // The reference: a slot from the same moment, read once at the end, untouched by faults.
     let reference = Slot::created(&db, "svc_ref", |s| {
         Run::of(&mut s.changes(dir, &["--create-slot", "--output", "ref"]))
@@ -139,10 +144,14 @@ fn follow_outlives_terminated_sessions_and_a_restart_and_delivers_every_change_o
         following(&mut files.changes(dir, &["--output", "files"]), &[]),
         following(&mut jetstream.changes(dir, &nats_args), &[]),
         following(&mut lake.changes_cmd(&table, "hub.changes", &[]), &[]),
+        following(
+            &mut kafka.changes(dir, &["--to", &kafka_url, "--topic", &topic]),
+            &["--create-stream"],
+        ),
     ]);
-    let slots = [&files, &jetstream, &table];
+    let slots = [&files, &jetstream, &table, &kafka];
     for round in 0..10 {
-        streaming(&db, "svc_", 3);
+        streaming(&db, "svc_", 4);
         write_some(&db, round);
         let lsn = db.value("SELECT pg_current_wal_lsn()");
         if round % 2 == 0 {
@@ -155,12 +164,12 @@ fn follow_outlives_terminated_sessions_and_a_restart_and_delivers_every_change_o
             "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
              WHERE active_pid IS NOT NULL AND slot_name LIKE 'svc_%'",
         );
-        assert_eq!(ended, "3", "round {round}: every feed's walsender ended");
+        assert_eq!(ended, "4", "round {round}: every feed's walsender ended");
         alive(&mut feeds.0);
     }
     write_some(&db, 10);
     // Every feed has a session open when the server restarts: it ends them all.
-    streaming(&db, "svc_", 3);
+    streaming(&db, "svc_", 4);
     cluster.restart();
     write_some(&db, 11);
     let end = db.value("SELECT pg_current_wal_lsn()");
@@ -186,6 +195,10 @@ fn follow_outlives_terminated_sessions_and_a_restart_and_delivers_every_change_o
     );
     let held = table_changes(&lake.read("hub.changes", None));
     assert!(held == expected, "the table: each change once");
+    assert!(
+        kafka_changes(&kafka_url, &topic) == expected,
+        "Kafka: each change once"
+    );
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub struct Message<'a> {
     pub lsn: &'a str,
     pub commit: Lsn,
     pub position: u64,
+    /// The event's id, where the change has one.
+    pub id: Option<i64>,
     /// The JSON, built only when asked for (a change the destination holds is skipped).
     row: &'a [Value],
     encoder: &'a Encoder,
@@ -52,10 +54,19 @@ impl Encoder {
         }
         let position = self.position;
         self.position += 1;
+        let id = self
+            .names
+            .iter()
+            .zip(row)
+            .find_map(|(name, value)| match (*name, value) {
+                (model::KEY, Value::Int64(id)) => Some(*id),
+                _ => None,
+            });
         Ok(Message {
             lsn,
             commit: lsn.parse()?,
             position,
+            id,
             row,
             encoder: self,
         })

@@ -1,11 +1,12 @@
 //! Where the feed's batches go, one module a kind, as the formats are listed in
 //! `sink::registry`: change files in a folder or `s3://` prefix ([`files`]), a NATS JetStream
-//! subject ([`nats`]), an Iceberg table ([`table`]). Each module contributes one
+//! subject ([`nats`]), a Kafka topic ([`kafka`]), an Iceberg table ([`table`]). Each module contributes one
 //! [`Registration`] and one line in [`SINKS`]; adding a destination touches nothing else.
 
 pub mod api;
 mod files;
 mod ids;
+mod kafka;
 mod message;
 mod nats;
 mod table;
@@ -14,7 +15,7 @@ use crate::error::UsageError;
 use api::{Registration, Request, SinkPlan};
 
 /// Every kind of destination; the fallback (change files) last.
-pub const SINKS: &[&Registration] = &[&nats::SINK, &table::SINK, &files::SINK];
+pub const SINKS: &[&Registration] = &[&nats::SINK, &kafka::SINK, &table::SINK, &files::SINK];
 
 /// The destination `request` names: the one kind that takes it, else the fallback.
 pub fn resolve(request: &Request) -> Result<Box<dyn SinkPlan>, UsageError> {
