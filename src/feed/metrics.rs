@@ -56,9 +56,8 @@ struct Figures {
 fn figures() -> &'static Figures {
     static FIGURES: OnceLock<Figures> = OnceLock::new();
     FIGURES.get_or_init(|| {
-        let mut registry = Registry::with_prefix("export_events");
-        let f = Figures {
-            registry: Registry::default(),
+        let mut f = Figures {
+            registry: Registry::with_prefix("export_events"),
             changes: Counter::default(),
             transactions: Counter::default(),
             batches: Counter::default(),
@@ -70,7 +69,7 @@ fn figures() -> &'static Figures {
             connected: Gauge::default(),
             heard: AtomicI64::new(0),
         };
-        let r = &mut registry;
+        let r = &mut f.registry;
         r.register("changes", "Changes delivered", f.changes.clone());
         r.register(
             "transactions",
@@ -104,7 +103,7 @@ fn figures() -> &'static Figures {
             "1 while a replication session is open",
             f.connected.clone(),
         );
-        Figures { registry, ..f }
+        f
     })
 }
 

@@ -74,18 +74,22 @@ fn read(feed: &Feed, reading: &Reading, plan: &Plan) -> Result<()> {
     not_ahead_of_the_server(feed, dest.as_ref())?;
     let dest = dest.as_ref();
     let total = match (reading.via, reading.follow) {
-        // Each session's failure is checked with its own connection.
+        // Each session's failure is checked with its own connection (the first one's may be
+        // gone by the time the run ends).
         (Via::Stream, Some(_)) => reconnect::follow(feed, |feed, progress| {
             follow::run(feed, dest, reading, plan.quiet, progress)
                 .map_err(|e| what_became_of_the_slot(feed, e))
         }),
         (Via::Stream, None) => {
             let mut progress = reconnect::Progress::default();
-            follow::run(feed, dest, reading, plan.quiet, &mut progress).map(|()| progress.delivered)
+            follow::run(feed, dest, reading, plan.quiet, &mut progress)
+                .map(|()| progress.delivered)
+                .map_err(|e| what_became_of_the_slot(feed, e))
         }
-        (Via::Sql, _) => sql::run(feed, dest, reading, plan.quiet),
+        (Via::Sql, _) => {
+            sql::run(feed, dest, reading, plan.quiet).map_err(|e| what_became_of_the_slot(feed, e))
+        }
     }
-    .map_err(|e| what_became_of_the_slot(feed, e))
     .inspect_err(|e| metrics::failed(crate::error::class_of(e)))?;
     println!("Wrote {total} changes to {}", dest.shown());
     Ok(())

@@ -14,6 +14,8 @@ use crate::model::{self, Zone};
 /// Turns the changes of a batch into messages, counting positions within each transaction.
 pub struct Encoder {
     names: Vec<&'static str>,
+    /// Where the event's id is in a change row.
+    key: Option<usize>,
     zone: Zone,
     /// The commit LSN of the transaction being encoded, and the next position in it.
     lsn: String,
@@ -35,8 +37,10 @@ pub struct Message<'a> {
 
 impl Encoder {
     pub fn new(zone: Zone) -> Self {
+        let names: Vec<&'static str> = model::change_columns().iter().map(|c| c.name).collect();
         Self {
-            names: model::change_columns().iter().map(|c| c.name).collect(),
+            key: names.iter().position(|name| *name == model::KEY),
+            names,
             zone,
             lsn: String::new(),
             position: 0,
@@ -54,14 +58,10 @@ impl Encoder {
         }
         let position = self.position;
         self.position += 1;
-        let id = self
-            .names
-            .iter()
-            .zip(row)
-            .find_map(|(name, value)| match (*name, value) {
-                (model::KEY, Value::Int64(id)) => Some(*id),
-                _ => None,
-            });
+        let id = match self.key.and_then(|key| row.get(key)) {
+            Some(Value::Int64(id)) => Some(*id),
+            _ => None,
+        };
         Ok(Message {
             lsn,
             commit: lsn.parse()?,
