@@ -48,10 +48,6 @@ fn replaying_change_files_on_the_initial_export_gives_the_table() {
     assert!(status.stdout.contains("bytes of WAL retained"), "{status}");
 }
 
-/// Every moment a feed run can be killed at: mid-read (a partial file), after its file is
-/// durable but before the slot is confirmed, and after confirming with more batches to go.
-const KILL_POINTS: [&str; 3] = ["stream.batch", "changes.written", "changes.confirmed"];
-
 #[test]
 fn a_feed_killed_at_each_moment_rewrites_the_same_files_and_loses_nothing() {
     let db = TestDb::sample("chg_kill");
@@ -61,7 +57,9 @@ fn a_feed_killed_at_each_moment_rewrites_the_same_files_and_loses_nothing() {
     for sql in WRITES {
         db.sql(sql);
     }
-    for (i, point) in KILL_POINTS.iter().cycle().take(12).enumerate() {
+    // Mid-read (a partial file), after its file is durable but before the slot is confirmed, and
+    // after confirming with more batches to go.
+    for (i, point) in feed_points("files").iter().cycle().take(12).enumerate() {
         let child = spawn_stopped_at(
             &mut slot.changes(dir.path(), &["--max-changes", "500", "-q"]),
             point,

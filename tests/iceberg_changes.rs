@@ -13,16 +13,6 @@ use common::feed::*;
 use common::lake::Lake;
 use common::*;
 
-/// Every point a feed run into a table can stop at: mid-read, data files written but not
-/// committed, committed but not confirmed (and the changes.* points around the confirmation).
-const POINTS: [&str; 5] = [
-    "stream.batch",
-    "table.files-written",
-    "table.committed",
-    "changes.written",
-    "changes.confirmed",
-];
-
 #[test]
 fn a_feed_into_a_table_stopped_anywhere_holds_each_change_once() {
     let db = TestDb::sample("icc_faults");
@@ -40,7 +30,8 @@ fn a_feed_into_a_table_stopped_anywhere_holds_each_change_once() {
     for sql in WRITES.iter().filter(|sql| !sql.starts_with("UPDATE rules")) {
         db.sql(sql);
     }
-    for point in POINTS {
+    // Mid-read, data files written but not committed, committed but not confirmed, and after.
+    for point in feed_points("table") {
         for sig in ["KILL", "INT"] {
             // Two more transactions each time: every run has batches to stop in.
             two_more_transactions(&db);

@@ -45,6 +45,39 @@ pub fn replay(folder: &Path, rows: &mut BTreeMap<i64, Vec<String>>) -> Vec<(Stri
     seen
 }
 
+/// Where every change feed can stop, in the order a run reaches them: mid-read, written (the
+/// sink's own points between), then confirmed.
+const FEED_POINTS: [&str; 3] = ["stream.batch", "changes.written", "changes.confirmed"];
+
+/// Each change sink's own fault points, between the read and the write. A point added to a sink
+/// goes here, and so into that sink's fault test and `matrix.rs`'s check that every point in the
+/// code is covered.
+pub const SINK_POINTS: &[(&str, &[&str])] = &[
+    ("files", &[]),
+    ("nats", &[]),
+    ("table", &["table.files-written", "table.committed"]),
+    ("kafka", &["kafka.sent"]),
+];
+
+/// Every point a feed into `sink` (a name in [`SINK_POINTS`]) can stop at, in order.
+pub fn feed_points(sink: &str) -> Vec<&'static str> {
+    let (_, own) = SINK_POINTS
+        .iter()
+        .find(|(name, _)| *name == sink)
+        .unwrap_or_else(|| panic!("no sink {sink} in SINK_POINTS"));
+    let mut points = vec![FEED_POINTS[0]];
+    points.extend_from_slice(own);
+    points.extend_from_slice(&FEED_POINTS[1..]);
+    points
+}
+
+/// Every fault point of the change feed, of every sink.
+pub fn all_feed_points() -> Vec<&'static str> {
+    let mut points: Vec<&str> = FEED_POINTS.to_vec();
+    points.extend(SINK_POINTS.iter().flat_map(|(_, own)| own.iter().copied()));
+    points
+}
+
 pub const WRITES: &[&str] = &[
     "INSERT INTO events (\"timestamp\", created_at, rule_id, acknowledged, trigger_telemetry_id) \
      VALUES ('2026-03-01 00:00:00.25+00', now(), 4, false, 7), ('2020-01-01 00:00:00+00', now(), 1, true, NULL)",
