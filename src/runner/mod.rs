@@ -78,6 +78,7 @@ pub fn run(plan: &Run, snapshot: &mut dyn SnapshotSource) -> Result<Exported> {
     output.check()?;
     let source = fixtures::demo(plan.source.clone(), &plan.cwd, plan.quiet)?;
     let opened = source::open(&source)?;
+    read::refuse_null_timestamps(&opened, plan.since)?;
     output.prepare(opened.zone, plan.cursor.incremental())?;
     let imported = snapshot.take()?;
     let read = read::begin(&opened, imported.as_deref())?;

@@ -38,6 +38,8 @@ pub struct Opened {
     pub described: String,
     /// How its `events.timestamp` keeps time (Django's `USE_TZ`), from the catalog.
     pub zone: Zone,
+    /// Whether the catalog lets `events.timestamp` be NULL (a Hub's later migration).
+    pub nullable_timestamp: bool,
 }
 
 /// Attaches the source read-only and checks that it has the tables an export reads. The demo
@@ -51,6 +53,7 @@ pub fn open(source: &Source) -> Result<Opened> {
             dialect: Dialect::Postgres,
             described: format!("the PostgreSQL database (settings from {})", pg.origin),
             zone: Zone::Aware,
+            nullable_timestamp: false,
         },
         Source::DuckDbFile(path) => duckdb_file(path, format!("DuckDB file {}", path.display()))?,
         Source::Demo => anyhow::bail!("the demo database is opened as a DuckDB file"),
@@ -60,28 +63,34 @@ pub fn open(source: &Source) -> Result<Opened> {
         &opened.described,
         opened.dialect == Dialect::Postgres,
     )?;
-    opened.zone = zone(&opened.engine, opened.dialect)?;
+    (opened.zone, opened.nullable_timestamp) = timestamp_column(&opened.engine, opened.dialect)?;
     Ok(opened)
 }
 
 /// How the source's `events.timestamp` keeps time: its type in the catalog.
 pub fn zone(engine: &Engine, dialect: Dialect) -> Result<Zone> {
+    timestamp_column(engine, dialect).map(|(zone, _)| zone)
+}
+
+/// The source's `events.timestamp` in the catalog: how it keeps time (its type), and whether
+/// it may be NULL.
+fn timestamp_column(engine: &Engine, dialect: Dialect) -> Result<(Zone, bool)> {
     let sql = match dialect {
         Dialect::Postgres => query::in_postgres(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+            "SELECT format_type(atttypid, atttypmod), NOT attnotnull FROM pg_attribute \
              WHERE attrelid = 'events'::regclass AND attname = 'timestamp'",
         ),
         Dialect::DuckDb => format!(
-            "SELECT data_type FROM information_schema.columns WHERE table_catalog = \
-             '{}' AND table_name = 'events' AND column_name = 'timestamp'",
+            "SELECT data_type, is_nullable = 'YES' FROM information_schema.columns WHERE \
+             table_catalog = '{}' AND table_name = 'events' AND column_name = 'timestamp'",
             engine::CATALOG
         ),
     };
-    let name: String = engine
+    let (name, nullable): (String, bool) = engine
         .connection()
-        .query_row(&sql, [], |row| row.get(0))
+        .query_row(&sql, [], |row| Ok((row.get(0)?, row.get(1)?)))
         .context("reading the type of events.timestamp")?;
-    Ok(Zone::of_type(&name))
+    Ok((Zone::of_type(&name), nullable))
 }
 
 fn duckdb_file(path: &Path, described: String) -> Result<Opened> {
@@ -92,5 +101,6 @@ fn duckdb_file(path: &Path, described: String) -> Result<Opened> {
         dialect: Dialect::DuckDb,
         described,
         zone: Zone::Aware,
+        nullable_timestamp: false,
     })
 }

@@ -174,6 +174,15 @@ fn where_clause(conditions: &[String]) -> String {
     format!("\nWHERE {}", conditions.join(" AND "))
 }
 
+/// The number of events without a timestamp (where a Hub's migration let it be NULL).
+pub fn null_timestamps(dialect: Dialect) -> String {
+    let count = format!(
+        "SELECT count(*) FROM {} AS e WHERE e.\"timestamp\" IS NULL",
+        table(dialect, "events")
+    );
+    passed_through(count, dialect)
+}
+
 /// The `--since` condition, when there is one.
 fn filter(since: Option<DateTime<Utc>>) -> Vec<String> {
     since

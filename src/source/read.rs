@@ -11,6 +11,7 @@ use super::identity::{self, Identity};
 use super::plan::{self, Join, Plan, Read};
 use super::query::{self, Dialect, Window};
 use super::Opened;
+use crate::error::UsageError;
 
 /// What a read of PostgreSQL is: its source's identity and the snapshot it saw
 /// (`pg_current_snapshot()`).
@@ -36,6 +37,32 @@ pub struct Rows<'a> {
     pub window: Option<&'a Window>,
     /// Ordered by rule first, with the rule's id last (a dataset partitioned by rule).
     pub by_rule: bool,
+}
+
+/// Refuses an export of events without a timestamp, before anything is read or written: the
+/// export writes each event's time, orders and partitions by it (the Hub's own command fails on
+/// such a row as well). Asked only of a Hub whose catalog lets the column be NULL, and not with
+/// `--since`, which leaves them out (an index probe, not a scan, where the column is indexed).
+pub fn refuse_null_timestamps(opened: &Opened, since: Option<DateTime<Utc>>) -> Result<()> {
+    if !opened.nullable_timestamp || since.is_some() {
+        return Ok(());
+    }
+    let count: i64 = opened
+        .engine
+        .connection()
+        .query_row(&query::null_timestamps(opened.dialect), [], |row| {
+            row.get(0)
+        })
+        .context("counting the events without a timestamp")?;
+    if count > 0 {
+        anyhow::bail!(UsageError(format!(
+            "{count} events in {} have no timestamp (events.timestamp allows NULL there): the \
+             export writes, orders and partitions events by their time; give them one, or pass \
+             --since to leave them out",
+            opened.described
+        )));
+    }
+    Ok(())
 }
 
 /// Starts the read; `None` for a DuckDB file.
